@@ -1,0 +1,138 @@
+"""Feed-forward transform networks of the Johnson / ReCoNet family.
+
+One configurable class covers the sizes we ship: an encoder (9x9 conv, two
+stride-2 convs), residual blocks at 1/4 resolution, and a decoder of
+nearest-upsample + 3x3 conv (not transposed conv, which leaves checkerboard
+artefacts), ending in a 9x9 conv. Reflection padding everywhere so borders
+do not darken.
+
+``in_channels`` is 3 for per-frame stylization and 7 for the flow-recurrent
+variant (frame, warped previous output, occlusion mask; Ruder et al.).
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+from torch import nn
+
+# Input/output convention of every net: RGB in [0, 1], shape (N, C, H, W).
+
+
+@dataclass(frozen=True)
+class TransformerConfig:
+    base_channels: int = 32  # 32 -> 32/64/128 as in Johnson et al.
+    residual_blocks: int = 5
+    in_channels: int = 3
+    norm: str = "instance"  # "instance" (affine) or "batch-free" variants later
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "TransformerConfig":
+        known = {k: d[k] for k in ("base_channels", "residual_blocks", "in_channels", "norm") if k in d}
+        return cls(**known)
+
+
+# Named sizes: "full" is Johnson's net (~1.68M parameters); "student" has
+# about a fifth of its FLOPs (see flops_per_pixel) for the flow-free student.
+SIZES = {
+    "full": TransformerConfig(base_channels=32, residual_blocks=5),
+    "student": TransformerConfig(base_channels=16, residual_blocks=3),
+}
+
+
+def _norm(channels: int, kind: str) -> nn.Module:
+    if kind == "instance":
+        return nn.InstanceNorm2d(channels, affine=True)
+    raise ValueError(f"unknown normalization {kind!r}")
+
+
+class ConvLayer(nn.Sequential):
+    def __init__(self, cin: int, cout: int, kernel: int, stride: int = 1):
+        super().__init__(nn.ReflectionPad2d(kernel // 2), nn.Conv2d(cin, cout, kernel, stride))
+
+
+class ConvNormReLU(nn.Sequential):
+    def __init__(self, cin: int, cout: int, kernel: int, stride: int, norm: str):
+        super().__init__(ConvLayer(cin, cout, kernel, stride), _norm(cout, norm), nn.ReLU(inplace=True))
+
+
+class ResidualBlock(nn.Module):
+    def __init__(self, channels: int, norm: str):
+        super().__init__()
+        self.body = nn.Sequential(
+            ConvLayer(channels, channels, 3), _norm(channels, norm), nn.ReLU(inplace=True),
+            ConvLayer(channels, channels, 3), _norm(channels, norm),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.body(x)
+
+
+class UpsampleConv(nn.Sequential):
+    def __init__(self, cin: int, cout: int, norm: str):
+        super().__init__(
+            nn.Upsample(scale_factor=2, mode="nearest"),
+            ConvLayer(cin, cout, 3), _norm(cout, norm), nn.ReLU(inplace=True),
+        )
+
+
+class TransformerNet(nn.Module):
+    """Image transform net; ``encode`` exposes the features the feature-level temporal loss needs."""
+
+    # The two stride-2 convs and two x2 upsamples need sides divisible by 4.
+    MULTIPLE = 4
+
+    def __init__(self, config: TransformerConfig = SIZES["full"]):
+        super().__init__()
+        self.config = config
+        c, n = config.base_channels, config.norm
+        self.encoder = nn.Sequential(
+            ConvNormReLU(config.in_channels, c, 9, 1, n),
+            ConvNormReLU(c, 2 * c, 3, 2, n),
+            ConvNormReLU(2 * c, 4 * c, 3, 2, n),
+            *[ResidualBlock(4 * c, n) for _ in range(config.residual_blocks)],
+        )
+        self.decoder = nn.Sequential(
+            UpsampleConv(4 * c, 2 * c, n),
+            UpsampleConv(2 * c, c, n),
+            ConvLayer(c, 3, 9),
+        )
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        return self.encoder(x)
+
+    def decode(self, features: torch.Tensor) -> torch.Tensor:
+        # sigmoid keeps the output in [0, 1] with a gradient everywhere (a clamp would not).
+        return torch.sigmoid(self.decoder(features))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.decode(self.encode(x))
+
+    def stylize(self, x: torch.Tensor) -> torch.Tensor:
+        """Forward pass for any size: reflect-pads to a multiple of 4 and crops back."""
+        h, w = x.shape[-2:]
+        ph, pw = (-h) % self.MULTIPLE, (-w) % self.MULTIPLE
+        if ph or pw:
+            x = nn.functional.pad(x, (0, pw, 0, ph), mode="reflect")
+        y = self(x)
+        return y[..., :h, :w]
+
+
+def parameter_count(net: nn.Module) -> int:
+    return sum(p.numel() for p in net.parameters())
+
+
+def flops_per_pixel(config: TransformerConfig) -> float:
+    """Multiply-adds per output pixel (convolutions only), used to size the student."""
+    c, cin = config.base_channels, config.in_channels
+    macs = 81 * cin * c  # 9x9 in
+    macs += 9 * c * 2 * c / 4  # stride-2 conv, output at 1/2
+    macs += 9 * 2 * c * 4 * c / 16  # stride-2 conv, output at 1/4
+    macs += config.residual_blocks * 2 * 9 * (4 * c) ** 2 / 16
+    macs += 9 * 4 * c * 2 * c / 4  # up to 1/2
+    macs += 9 * 2 * c * c  # up to full
+    macs += 81 * c * 3  # 9x9 out
+    return 2 * macs
