@@ -200,6 +200,9 @@ def train(cfg: TrainConfig, *, restart: bool = False, progress: bool = True, log
     """Train (or resume) and write the style checkpoint to ``cfg.out``. Returns its path."""
     from tqdm import tqdm
 
+    from pipeline.memtune import tune_malloc
+
+    tune_malloc()
     files = list_images(cfg.data)
     style_img = load_rgb(cfg.style, max_side=cfg.style_size)
     if cfg.size not in SIZES:

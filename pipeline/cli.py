@@ -1,0 +1,219 @@
+"""The ``filmstyle`` command: parse arguments, call the pipeline, print results.
+
+Every user-facing failure is a FilmstyleError: one line on stderr, exit code 2.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from .errors import FilmstyleError
+
+EPILOG = "Errors are printed as one line ('filmstyle: error: ...') with exit code 2."
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
+    return value
+
+
+def _add_shot_options(p: argparse.ArgumentParser) -> None:
+    from .shots import DETECTORS
+
+    g = p.add_argument_group("shot detection")
+    g.add_argument("--detector", default="adaptive", choices=sorted(DETECTORS),
+                   help="PySceneDetect detector (default: adaptive)")
+    g.add_argument("--threshold", type=float, default=None,
+                   help="detector threshold (default: the detector's own default)")
+    g.add_argument("--min-shot-frames", type=_positive_int, default=15, metavar="N",
+                   help="shortest allowed shot in frames (default: 15)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from .render import DEFAULT_STYLE, RenderConfig
+    from .stylize import METHODS
+    from .upscale import UPSCALERS
+
+    parser = argparse.ArgumentParser(
+        prog="filmstyle", epilog=EPILOG,
+        description="Stylize whole films with neural style transfer: shots, chunks, temporal state, "
+                    "reassembly with the original audio.")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    d = RenderConfig("", "")
+
+    p = sub.add_parser("render", help="stylize a video", epilog=EPILOG,
+                       description="Render a stylized copy of IN to OUT, keeping frame rate, cuts, audio and "
+                                   "subtitles. Writes OUT.report.json with timings per stage.")
+    p.add_argument("input", metavar="IN", help="input video file")
+    p.add_argument("-o", "--output", required=True, metavar="OUT", help="output video (.mp4, .mkv, .mov)")
+    p.add_argument("--style", default=DEFAULT_STYLE, metavar="NAME_OR_PATH",
+                   help=f"shipped style name (see 'filmstyle styles') or a .safetensors checkpoint "
+                        f"(default: {DEFAULT_STYLE})")
+    p.add_argument("--method", default=d.method, choices=sorted(METHODS), help="stylization method")
+    p.add_argument("--width", type=_positive_int, default=d.width, metavar="W",
+                   help=f"working width the network runs at (default: {d.width})")
+    p.add_argument("--out-width", type=_positive_int, default=None, metavar="W",
+                   help="delivery width (default: the source's display width)")
+    p.add_argument("--upscaler", default=d.upscaler, choices=sorted(UPSCALERS), help="working -> delivery resize")
+    p.add_argument("--chunk-frames", type=_positive_int, default=d.chunk_frames, metavar="N",
+                   help=f"most frames per chunk (default: {d.chunk_frames})")
+    p.add_argument("--crf", type=int, default=d.crf, help=f"x264 quality, lower is better (default: {d.crf})")
+    p.add_argument("--preset", default=d.preset, help=f"x264 preset (default: {d.preset})")
+    p.add_argument("--precision", default=d.precision, choices=["fp32", "bf16"],
+                   help="network arithmetic; bf16 is faster on CPUs with AVX-512 BF16 (default: fp32)")
+    p.add_argument("--batch", type=_positive_int, default=d.batch, help="frames per network call")
+    p.add_argument("--threads", type=_positive_int, default=None, help="torch threads (default: all cores)")
+    p.add_argument("--workdir", default=None, help="folder for segments and carry states (default: in the cache)")
+    p.add_argument("--cache-dir", default=None, help="cache root (default: $FILMSTYLE_CACHE or ~/.cache/filmstyle)")
+    p.add_argument("--keep-work", action="store_true", help="keep segments after assembling")
+    p.add_argument("--report", default=None, metavar="PATH", help="report path (default: OUT.report.json)")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    _add_shot_options(p)
+    p.set_defaults(func=cmd_render)
+
+    p = sub.add_parser("shots", help="print the shot list of a video", epilog=EPILOG,
+                       description="Detect shots (hard cuts) with PySceneDetect and print them as frame ranges.")
+    p.add_argument("input", metavar="IN")
+    p.add_argument("--json", metavar="PATH", help="also write the shot list as JSON")
+    p.add_argument("--csv", metavar="PATH", help="also write the shot list as CSV")
+    p.add_argument("--cache-dir", default=None)
+    _add_shot_options(p)
+    p.set_defaults(func=cmd_shots)
+
+    p = sub.add_parser("probe", help="print what filmstyle reads from a video", epilog=EPILOG,
+                       description="Print the probed stream information (exact fps, frames, size, SAR, "
+                                   "rotation, colour, audio, subtitles) as JSON.")
+    p.add_argument("input", metavar="IN")
+    p.set_defaults(func=cmd_probe)
+
+    p = sub.add_parser("styles", help="list the shipped styles", epilog=EPILOG,
+                       description="List the shipped styles with their model cards.")
+    p.add_argument("--json", action="store_true", help="print the full model cards as JSON")
+    p.set_defaults(func=cmd_styles)
+
+    p = sub.add_parser("train", help="train a style model", epilog=EPILOG,
+                       description="Train a feed-forward style model on a folder of content photos. "
+                                   "Resumes automatically from OUT.state.safetensors if present.")
+    p.add_argument("--style", required=True, metavar="IMAGE", help="style image")
+    p.add_argument("--data", required=True, action="append", metavar="DIR",
+                   help="folder of content images (repeat for several)")
+    p.add_argument("--out", required=True, metavar="CKPT", help="output checkpoint (.safetensors)")
+    p.add_argument("--size", default="full", help="network size: full or student")
+    p.add_argument("--steps", type=_positive_int, default=2000)
+    p.add_argument("--batch-size", type=_positive_int, default=4)
+    p.add_argument("--image-size", type=_positive_int, default=256, help="training crop size")
+    p.add_argument("--style-size", type=_positive_int, default=320, help="long side of the style image")
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--content-weight", type=float, default=None)
+    p.add_argument("--style-weight", type=float, default=None)
+    p.add_argument("--tv-weight", type=float, default=None)
+    p.add_argument("--bf16", choices=["auto", "on", "off"], default="auto", help="bf16 autocast (default: auto)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--checkpoint-every", type=float, default=120.0, metavar="SECONDS")
+    p.add_argument("--checkpoint-every-steps", type=int, default=0, metavar="N")
+    p.add_argument("--vgg", default=None, metavar="PATH", help="torchvision VGG16/19 state dict to use as loss network")
+    p.add_argument("--restart", action="store_true", help="ignore an existing training state")
+    p.add_argument("-q", "--quiet", action="store_true")
+    p.set_defaults(func=cmd_train)
+    return parser
+
+
+def cmd_render(args) -> int:
+    from .render import RenderConfig, render
+
+    cfg = RenderConfig(
+        input=args.input, output=args.output, style=args.style, method=args.method, width=args.width,
+        out_width=args.out_width, chunk_frames=args.chunk_frames, upscaler=args.upscaler, crf=args.crf,
+        preset=args.preset, precision=args.precision, batch=args.batch, detector=args.detector,
+        threshold=args.threshold, min_shot_frames=args.min_shot_frames, workdir=args.workdir,
+        cache_dir=args.cache_dir, keep_work=args.keep_work, threads=args.threads, report=args.report)
+    report = render(cfg, progress=not args.quiet, log=lambda m: print(m, file=sys.stderr))
+    stages = ", ".join(f"{k} {v:.1f}s" for k, v in report.stage_seconds.items())
+    print(f"wrote {report.output} ({report.frames} frames, {report.shots} shots, {report.chunks} chunks) "
+          f"in {report.wall_seconds:.1f}s: {stages}")
+    return 0
+
+
+def cmd_shots(args) -> int:
+    from .render import find_shots, prepare_source
+    from .shots import ShotParams, write_shots
+
+    source = prepare_source(args.input, args.cache_dir)
+    shots = find_shots(source, ShotParams(args.detector, args.threshold, args.min_shot_frames), args.cache_dir)
+    fps = source.info.fps
+    print(f"{'shot':>4}  {'start':>7}  {'end':>7}  {'frames':>6}  {'start_s':>9}  {'end_s':>9}")
+    for s in shots:
+        print(f"{s.index:>4}  {s.start:>7}  {s.end:>7}  {s.length:>6}  {float(s.start / fps):>9.3f}  "
+              f"{float(s.end / fps):>9.3f}")
+    for path in (args.json, args.csv):
+        if path:
+            write_shots(shots, path)
+    return 0
+
+
+def cmd_probe(args) -> int:
+    from .media import probe
+
+    info = probe(args.input)
+    d = info.to_dict()
+    d["display_size"] = list(info.display_size)
+    print(json.dumps(d, indent=2, default=str))
+    return 0
+
+
+def cmd_styles(args) -> int:
+    from models.checkpoint import read_card, shipped_styles
+
+    styles = shipped_styles()
+    if args.json:
+        print(json.dumps({name: read_card(p) for name, p in styles.items()}, indent=2))
+        return 0
+    if not styles:
+        print("no styles shipped yet; train one with 'filmstyle train'")
+    for name, path in styles.items():
+        card = read_card(path)
+        arch = card.get("architecture", {})
+        print(f"{name:16s} {card.get('style_image', '?'):24s} steps={card.get('steps', '?'):<6} "
+              f"net={arch.get('base_channels', '?')}ch/{arch.get('residual_blocks', '?')}res "
+              f"loss-net: {card.get('loss_network', '?')}")
+    return 0
+
+
+def cmd_train(args) -> int:
+    from models.train import TrainConfig, train
+
+    cfg = TrainConfig(style=args.style, data=args.data, out=args.out, size=args.size, image_size=args.image_size,
+                      style_size=args.style_size, batch_size=args.batch_size, steps=args.steps, lr=args.lr,
+                      bf16={"auto": None, "on": True, "off": False}[args.bf16], seed=args.seed,
+                      checkpoint_every_s=args.checkpoint_every, checkpoint_every_steps=args.checkpoint_every_steps,
+                      vgg=args.vgg)
+    for name in ("content_weight", "style_weight", "tv_weight"):
+        if getattr(args, name) is not None:
+            setattr(cfg, name, getattr(args, name))
+    path = train(cfg, restart=args.restart, progress=not args.quiet, log=lambda m: print(m, file=sys.stderr))
+    print(f"wrote {path}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    from .memtune import tune_malloc
+
+    tune_malloc()
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except FilmstyleError as e:
+        print(f"filmstyle: error: {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print("filmstyle: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
