@@ -273,7 +273,8 @@ def train(cfg: TrainConfig, *, restart: bool = False, progress: bool = True, log
         opt.step()
         step += 1
         for k, v in dict(terms, total=total).items():
-            ema[k] = float(v) if k not in ema else 0.98 * ema[k] + 0.02 * float(v)
+            v = float(v.detach())
+            ema[k] = v if k not in ema else 0.98 * ema[k] + 0.02 * v
         bar.update(1)
         bar.set_postfix({k: f"{v:.3g}" for k, v in ema.items()})
         now = time.monotonic()

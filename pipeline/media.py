@@ -1,0 +1,632 @@
+"""Media I/O: probe (PyAV), decode frames and encode segments (ffmpeg pipes), assemble.
+
+Frame indices are the currency of the whole pipeline, so everything here is
+frame-exact: ``probe`` counts the frames that really decode, ``decode_frames``
+returns the same pixels for a frame whether it is read alone or in a long run,
+and ``SegmentWriter``/``assemble`` produce constant-frame-rate video whose
+segments concatenate by stream copy.
+
+Colour: decoding converts YUV->RGB explicitly with the source's matrix and
+range (untagged: BT.709 for HD and larger, BT.601 for SD; limited range unless
+a yuvj format). Encoding converts RGB->YUV with BT.709, limited range, and tags
+the stream so.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import operator
+import os
+import subprocess
+import tempfile
+import uuid
+from dataclasses import asdict, dataclass
+from fractions import Fraction
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import av
+import numpy as np
+
+from pipeline import ffmpeg_tools as ft
+from pipeline.errors import FilmstyleError, InputError, OutputError
+from pipeline.ffmpeg_tools import ffmpeg_binary
+
+log = logging.getLogger(__name__)
+
+__all__ = ["ffmpeg_binary", "AudioStream", "SubtitleStream", "VideoInfo", "probe",
+           "working_size", "decode_frames", "SegmentWriter", "assemble", "normalize_vfr",
+           "content_hash"]
+
+
+# --------------------------------------------------------------------------- value types
+
+@dataclass(frozen=True)
+class AudioStream:
+    index: int  # absolute stream index in the source container
+    codec: str
+    channels: int
+    sample_rate: int
+    language: str | None = None
+
+
+@dataclass(frozen=True)
+class SubtitleStream:
+    index: int
+    codec: str
+    language: str | None = None
+
+
+@dataclass(frozen=True)
+class VideoInfo:
+    path: str
+    fps: Fraction
+    frame_count: int
+    duration: float
+    width: int
+    height: int
+    sar: Fraction
+    rotation: int
+    pix_fmt: str
+    color_space: str | None
+    color_range: str | None
+    color_primaries: str | None
+    color_trc: str | None
+    codec: str
+    is_vfr: bool
+    audio: tuple[AudioStream, ...] = ()
+    subtitles: tuple[SubtitleStream, ...] = ()
+    # Timestamp (seconds, as stored in the file) of frame 0: frame k is shown at
+    # about start_time + k / fps. Seeks use absolute timestamps (-seek_timestamp)
+    # so ffmpeg's choice of the file's start time never shifts a frame index.
+    start_time: float = 0.0
+    video_index: int = 0  # absolute index of the video stream used
+    # ffmpeg seeks this container frame-exactly (MP4/MOV with a sample table,
+    # Matroska). MPEG-TS, FLV, fragmented MP4... may land after the target or
+    # nowhere: decode_frames then decodes from frame 0 and picks by index, and
+    # normalize_vfr remuxes them (stream copy) into Matroska once.
+    seekable: bool = True
+
+    @property
+    def display_size(self) -> tuple[int, int]:
+        """Square-pixel size as shown: width scaled by SAR, then swapped for 90/270."""
+        w = max(1, round(self.width * self.sar))
+        h = self.height
+        return (h, w) if self.rotation in (90, 270) else (w, h)
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["fps"] = ft.rational(self.fps)
+        d["sar"] = ft.rational(self.sar)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "VideoInfo":
+        d = dict(d)
+        d["fps"] = Fraction(d["fps"])
+        d["sar"] = Fraction(d["sar"])
+        d["audio"] = tuple(AudioStream(**a) for a in d.get("audio", ()))
+        d["subtitles"] = tuple(SubtitleStream(**s) for s in d.get("subtitles", ()))
+        return cls(**d)
+
+
+# --------------------------------------------------------------------------- probe
+
+_MOV_FAMILY = ("mov", "mp4")
+
+
+def probe(path) -> VideoInfo:
+    """Describe the first video stream of ``path``; raise InputError if it is unusable."""
+    p = _existing_file(path)
+    try:
+        container = av.open(str(p), metadata_errors="ignore")
+    except (av.FFmpegError, OSError) as e:
+        raise InputError(f"{p}: cannot be read as video: corrupt, truncated or not a media "
+                         f"file ({_av_reason(e)})") from None
+    with container:
+        stream = _video_stream(container, p)
+        timing = _packet_timing(container, stream, p)
+        ctx = stream.codec_context
+        tags = _colour_tags(ctx)
+        audio = tuple(_audio_info(s) for s in container.streams.audio)
+        subs = tuple(_subtitle_info(s) for s in container.streams.subtitles)
+        base = dict(path=str(p), width=ctx.width, height=ctx.height,
+                    sar=_sar(stream), pix_fmt=ctx.pix_fmt or "unknown", codec=ctx.name,
+                    audio=audio, subtitles=subs, video_index=stream.index,
+                    start_time=float((stream.start_time or 0) * stream.time_base))
+    frame_count = timing["count"]
+    if timing["truncated"]:
+        # The index promises more than the file holds: a cut-off download or copy.
+        # Rendering what decodes would deliver a silently shortened film.
+        raise InputError(f"{p}: file is truncated: its index lists {frame_count} frames but the data ends early")
+    if frame_count < 2:
+        what = "has no decodable frames" if frame_count == 0 else "has only 1 frame"
+        raise InputError(f"{p}: {what}; need at least 2")
+    rotation, frame_tags = _first_frame_props(p, base["video_index"])
+    tags = {k: v or frame_tags.get(k) for k, v in tags.items()}
+    fps, is_vfr, duration = _rate(timing, frame_count, stream_fallback=timing["rates"], path=p)
+    return VideoInfo(fps=fps, frame_count=frame_count, duration=duration, rotation=rotation,
+                     is_vfr=is_vfr, seekable=timing["seekable"], **tags, **base)
+
+
+def _existing_file(path) -> Path:
+    p = Path(path)
+    if not p.exists():
+        raise InputError(f"{p}: file not found")
+    if not p.is_file():
+        raise InputError(f"{p}: is not a regular file")
+    if p.stat().st_size == 0:
+        raise InputError(f"{p}: file is empty (0 bytes)")
+    return p
+
+
+def _av_reason(e: Exception) -> str:
+    return getattr(e, "strerror", None) or str(e).splitlines()[0]
+
+
+def _video_stream(container, p: Path):
+    # Cover art in audio files is a one-picture "video" stream: not a film.
+    streams = [s for s in container.streams.video
+               if not (s.disposition & av.stream.Disposition.attached_pic)]
+    if not streams:
+        raise InputError(f"{p}: has no video stream")
+    return streams[0]
+
+
+def _packet_timing(container, stream, p: Path) -> dict:
+    """Frame timestamps (stream time base) without decoding, and whether seeks are exact.
+
+    MP4/MOV carry a full sample table: read it from the index (no I/O). Other
+    containers are demuxed (video packets only). Truncation is flagged when
+    the index points past the end of the file.
+    """
+    rates = [r for r in (stream.guessed_rate, stream.average_rate) if r]
+    info = {"tb": stream.time_base, "rates": rates, "truncated": False,
+            "duration": stream.duration, "seekable": False}
+    fmt = container.format.name
+    entries = stream.index_entries if any(f in fmt for f in _MOV_FAMILY) else None
+    if entries is not None and len(entries) > 0:
+        size = p.stat().st_size
+        kept = [e for e in entries if not e.is_discard]
+        info["truncated"] = any(e.pos + e.size > size for e in kept)
+        # Decode times of every sample (edit-list discards too): same spacing as pts.
+        info["ts"] = sorted(e.timestamp for e in entries)
+        info["count"] = len(kept)
+        info["seekable"] = not _is_fragmented_mp4(p)
+        return info
+    ts, count, keyed = [], 0, False
+    try:
+        for pkt in container.demux(stream):
+            # Flush packets, and (streams cut mid-GOP) packets before the first
+            # keyframe, which no decoder can show.
+            keyed = keyed or pkt.is_keyframe
+            if pkt.size == 0 or not keyed:
+                continue
+            if pkt.pts is not None:
+                ts.append(pkt.pts)
+            count += not pkt.is_discard  # frames an edit list drops are not shown
+    except av.FFmpegError as e:
+        log.warning("%s: demuxing stopped early (%s)", p, _av_reason(e))
+        info["truncated"] = True
+    info.update(ts=sorted(ts), count=count, seekable=fmt == "matroska,webm")
+    return info
+
+
+def _is_fragmented_mp4(p: Path) -> bool:
+    """True when top-level 'moof' boxes exist (seeking there may land past the target)."""
+    with open(p, "rb") as f:
+        for _ in range(1000):
+            header = f.read(8)
+            if len(header) < 8:
+                return False
+            size, kind = int.from_bytes(header[:4], "big"), header[4:]
+            if kind == b"moof":
+                return True
+            if size == 1:
+                size = int.from_bytes(f.read(8), "big") - 8
+            elif size == 0:
+                return False  # box runs to the end of the file
+            f.seek(size - 8, os.SEEK_CUR)
+    return False
+
+
+def _rate(timing: dict, count: int, stream_fallback, path: Path):
+    """(fps, is_vfr, duration) from presentation-timestamp deltas.
+
+    CFR: a constant delta gives the exact rate (1001 ticks of 1/30000 -> 30000/1001);
+    rounded timestamps (Matroska's 1 ms) are matched to the container's declared
+    rate. VFR: the average rate, frame_count / stream duration.
+    """
+    tb = Fraction(timing["tb"]) if timing["tb"] else None
+    ts = timing["ts"][:count]
+    deltas = np.diff(np.asarray(ts, dtype=np.int64)) if len(ts) >= 2 and tb else None
+    if deltas is None or len(deltas) == 0 or deltas.max() <= 0:
+        if not stream_fallback:
+            raise InputError(f"{path}: has no timestamps or frame rate")
+        fps = Fraction(stream_fallback[0])
+        return fps, False, float(count / fps)
+    mean = (ts[-1] - ts[0]) / len(deltas)
+    tolerance = max(1.0, 0.005 * mean)  # one tick of rounding, or 0.5 % jitter
+    is_vfr = bool(np.abs(deltas - mean).max() > tolerance + 1e-9)
+    if not is_vfr:
+        fps = _cfr_rate(deltas, mean, tb, stream_fallback)
+        return fps, False, float(count / fps)
+    span = timing["duration"] or (ts[-1] - ts[0] + int(np.median(deltas)))
+    duration = Fraction(span) * tb
+    return Fraction(count) / duration, True, float(duration)
+
+
+def _cfr_rate(deltas, mean: float, tb: Fraction, declared) -> Fraction:
+    if deltas.min() == deltas.max():
+        return 1 / (int(deltas[0]) * tb)
+    # Rounded timestamps (Matroska/FLV 1 ms): the simplest rate whose ideal span
+    # matches the measured one within the rounding (one tick over the whole run).
+    span = mean * len(deltas)
+    for rate in (*ft.COMMON_RATES, *declared):
+        if abs(float(len(deltas) / (Fraction(rate) * tb)) - span) <= 1.0 + 1e-6:
+            return Fraction(rate)
+    return Fraction(1 / (mean * float(tb))).limit_denominator(1001)
+
+
+def _sar(stream) -> Fraction:
+    sar = stream.sample_aspect_ratio or stream.codec_context.sample_aspect_ratio
+    return Fraction(sar) if sar and sar > 0 else Fraction(1)
+
+
+def _colour_tags(ctx) -> dict:
+    return {"color_space": ft.COLOR_SPACES.get(ctx.colorspace),
+            "color_range": ft.COLOR_RANGES.get(ctx.color_range),
+            "color_primaries": ft.COLOR_PRIMARIES.get(ctx.color_primaries),
+            "color_trc": ft.COLOR_TRCS.get(ctx.color_trc)}
+
+
+def _first_frame_props(p: Path, index: int) -> tuple[int, dict]:
+    """Rotation (display matrix side data) and colour tags of the first decoded frame.
+
+    PyAV exposes the display matrix only on frames. Its angle is
+    counter-clockwise; we report the clockwise turn needed for display.
+    """
+    try:
+        with av.open(str(p), metadata_errors="ignore") as c:
+            stream = c.streams[index]
+            frame = next(c.decode(stream), None)
+    except av.FFmpegError as e:
+        raise InputError(f"{p}: video does not decode ({_av_reason(e)})") from None
+    if frame is None:
+        raise InputError(f"{p}: has no decodable frames; need at least 2")
+    ccw = frame.rotation or 0
+    rotation = (-round(ccw / 90) * 90) % 360
+    tags = {"color_space": ft.COLOR_SPACES.get(frame.colorspace),
+            "color_range": ft.COLOR_RANGES.get(frame.color_range),
+            "color_primaries": ft.COLOR_PRIMARIES.get(frame.color_primaries),
+            "color_trc": ft.COLOR_TRCS.get(frame.color_trc)}
+    return rotation, tags
+
+
+def _language(stream) -> str | None:
+    lang = (stream.metadata or {}).get("language")
+    return None if not lang or lang == "und" else lang
+
+
+def _audio_info(s) -> AudioStream:
+    ctx = s.codec_context
+    return AudioStream(index=s.index, codec=ctx.name, channels=ctx.channels,
+                       sample_rate=ctx.sample_rate, language=_language(s))
+
+
+def _subtitle_info(s) -> SubtitleStream:
+    ctx = s.codec_context
+    name = ctx.name if ctx is not None else "unknown"
+    return SubtitleStream(index=s.index, codec=name, language=_language(s))
+
+
+def working_size(info: VideoInfo, width: int, multiple: int = 2) -> tuple[int, int]:
+    """Size at ``width`` keeping the display aspect, both sides a multiple of ``multiple``."""
+    dw, dh = info.display_size
+
+    def snap(x: float) -> int:
+        return max(multiple, int(x / multiple + 0.5) * multiple)
+
+    return snap(width), snap(width * dh / dw)
+
+
+# --------------------------------------------------------------------------- decode
+
+def decode_frames(info_or_path, start: int, end: int, size: tuple[int, int] | None = None,
+                  *, chunk_hint: int | None = None) -> Iterator[np.ndarray]:
+    """Yield RGB uint8 frames [start, end) at ``size`` (default: display size).
+
+    CFR sources seek on the input side to half a frame before ``start``;
+    ffmpeg then decodes from the preceding keyframe and drops frames by pts
+    (accurate seek), so a frame is bit-identical however a range is split.
+    VFR sources and containers ffmpeg cannot seek exactly (``not
+    info.seekable``; normalize_vfr fixes both once) are decoded from frame 0
+    and selected by index: slow but exact. ``chunk_hint`` (frames the caller
+    will read at a time) only sizes the pipe buffer. Closing the generator
+    early kills ffmpeg.
+    """
+    info = info_or_path if isinstance(info_or_path, VideoInfo) else probe(info_or_path)
+    start, end = operator.index(start), operator.index(end)  # numpy ints would overflow
+    if start < 0 or end < start:
+        raise ValueError(f"bad frame range [{start}, {end})")
+    if end > info.frame_count:
+        raise InputError(f"{info.path}: frame {end - 1} requested but it has "
+                         f"{info.frame_count} frames")
+    w, h = size if size is not None else info.display_size
+    cmd = ft.decode_cmd(info, start, end - start, (int(w), int(h)))
+    return _read_frames(info.path, cmd, start, end, (int(w), int(h)), chunk_hint)
+
+
+def _read_frames(path: str, cmd: list[str], start: int, end: int, size: tuple[int, int],
+                 chunk_hint: int | None) -> Iterator[np.ndarray]:
+    w, h = size
+    frame_bytes = w * h * 3
+    try:
+        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, bufsize=0)
+    except OSError as e:
+        raise FilmstyleError(f"{cmd[0]}: cannot run ffmpeg ({e.strerror})") from None
+    ft.grow_pipe(proc.stdout, frame_bytes * max(1, min(chunk_hint or 1, 4)))
+    drain = ft.StderrDrain(proc.stderr)
+    index = start
+    try:
+        while index < end:
+            frame = np.empty((h, w, 3), dtype=np.uint8)
+            if ft.read_into(proc.stdout, memoryview(frame).cast("B")) < frame_bytes:
+                proc.wait()
+                drain.join()
+                raise InputError(f"{path}: decoding stopped at frame {index} of [{start}, {end}) "
+                                 f"({drain.last_line()})")
+            index += 1
+            yield frame
+    finally:
+        ft.stop(proc)
+        drain.join()
+
+
+# --------------------------------------------------------------------------- encode
+
+class SegmentWriter:
+    """Encode RGB frames to a video segment through ffmpeg's stdin.
+
+    Every segment gets identical settings (codec, profile, bt709/tv tags,
+    timescale, closed GOPs, no audio) so segments concatenate by stream copy.
+    The file appears at ``path`` only after ffmpeg succeeded.
+    """
+
+    def __init__(self, path, fps: Fraction, size: tuple[int, int], *, codec: str = "libx264",
+                 crf: int = 18, preset: str = "medium", pix_fmt: str = "yuv420p",
+                 gop: int | None = None, threads: int | None = None,
+                 extra_args: Sequence[str] = ()):
+        self.path = Path(path)
+        self.fps = Fraction(fps)
+        self.size = (int(size[0]), int(size[1]))
+        if pix_fmt.startswith("yuv420") and (self.size[0] % 2 or self.size[1] % 2):
+            raise ValueError(f"{self.path}: {pix_fmt} needs even dimensions, got {self.size}")
+        self.frames = 0
+        self._tmp = _claim_temp(self.path)
+        cmd = ft.encode_cmd(str(self._tmp), self.fps, self.size, codec=codec, crf=crf,
+                            preset=preset, pix_fmt=pix_fmt, gop=gop, threads=threads,
+                            extra_args=extra_args)
+        try:
+            self._proc = subprocess.Popen(cmd, stdin=subprocess.PIPE,
+                                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        except OSError as e:
+            self._tmp.unlink(missing_ok=True)
+            raise OutputError(f"{self.path}: cannot start ffmpeg ({e.strerror})") from None
+        self._drain = ft.StderrDrain(self._proc.stderr)
+        self._closed = False
+
+    def write(self, frame_or_batch: np.ndarray) -> None:
+        if self._closed:
+            raise ValueError(f"{self.path}: writer is closed")
+        arr = np.asarray(frame_or_batch)
+        if arr.ndim == 3:
+            arr = arr[None]
+        w, h = self.size
+        if arr.dtype != np.uint8 or arr.ndim != 4 or arr.shape[1:] != (h, w, 3):
+            raise ValueError(f"{self.path}: expected uint8 frames of shape ({h}, {w}, 3), "
+                             f"got {arr.dtype} {arr.shape}")
+        try:
+            self._proc.stdin.write(np.ascontiguousarray(arr).data)
+        except (BrokenPipeError, OSError):
+            self._proc.wait()
+            self._drain.join()
+            self.abort()
+            raise OutputError(f"{self.path}: encoder failed ({self._drain.last_line()})") from None
+        self.frames += arr.shape[0]
+
+    def close(self) -> int:
+        """Finish the file, move it into place, return the number of frames written."""
+        if self._closed:
+            return self.frames
+        try:
+            self._proc.stdin.close()
+        except OSError:
+            pass
+        rc = self._proc.wait()
+        self._drain.join()
+        if rc != 0 or self.frames == 0:
+            self.abort()
+            reason = self._drain.last_line() if rc else "no frames written"
+            raise OutputError(f"{self.path}: encoding failed ({reason})")
+        os.replace(self._tmp, self.path)
+        self._closed = True
+        return self.frames
+
+    def abort(self) -> None:
+        """Stop ffmpeg and remove the partial file (nothing appears at ``path``)."""
+        ft.stop(self._proc)
+        self._drain.join()
+        self._tmp.unlink(missing_ok=True)
+        self._closed = True
+
+    def __enter__(self) -> "SegmentWriter":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> bool:
+        if exc_type is not None:
+            self.abort()
+        else:
+            self.close()
+        return False
+
+    def __del__(self):
+        if not getattr(self, "_closed", True):
+            self.abort()
+
+
+def _claim_temp(target: Path) -> Path:
+    """Create the temp file beside ``target`` now, so an unwritable place fails early and clearly."""
+    parent = target.parent
+    if not parent.is_dir():
+        problem = "is not a directory" if parent.exists() else "does not exist"
+        raise OutputError(f"{target}: output directory {parent} {problem}")
+    tmp = parent / f".{target.stem}.{uuid.uuid4().hex[:8]}.partial{target.suffix}"
+    try:
+        tmp.open("xb").close()
+    except OSError as e:
+        raise OutputError(f"{target}: cannot write in {parent} ({e.strerror})") from None
+    return tmp
+
+
+# --------------------------------------------------------------------------- assemble
+
+def assemble(segments: list[str], out_path: str, *, source: VideoInfo | str | None,
+             fps: Fraction, audio: bool = True, subtitles: bool = True) -> None:
+    """Concatenate encoded segments (stream copy) and mux the source's audio and subtitles.
+
+    The result is written beside ``out_path`` under a temporary name and renamed
+    into place only when ffmpeg succeeded.
+    """
+    out = Path(out_path)
+    if not segments:
+        raise ValueError("assemble: no segments")
+    for s in segments:
+        if not Path(s).is_file():
+            raise InputError(f"{s}: segment not found")
+    info = probe(source) if isinstance(source, (str, os.PathLike)) else source
+    fmt = ft.OUTPUT_FORMATS.get(out.suffix.lower(), "mp4")
+    fps = Fraction(fps)
+    frames = sum(_segment_frames(s) for s in segments)
+    tmp = _claim_temp(out)
+    listfile = _write_concat_list(segments)
+    try:
+        cmd = ft.assemble_cmd(listfile, str(tmp), info, fmt, fps, frames, audio, subtitles)
+        proc = ft.run(cmd)
+        if proc.returncode != 0:
+            raise OutputError(f"{out}: assembling failed ({ft.last_error_line(proc.stderr)})")
+        os.replace(tmp, out)
+    finally:
+        tmp.unlink(missing_ok=True)
+        os.unlink(listfile)
+
+
+def _segment_frames(path: str) -> int:
+    try:
+        with av.open(str(path)) as c:
+            n = c.streams.video[0].frames
+    except (av.FFmpegError, IndexError):
+        n = 0
+    return n or probe(path).frame_count
+
+
+def _write_concat_list(segments: Sequence[str]) -> str:
+    fd, name = tempfile.mkstemp(prefix="filmstyle-concat-", suffix=".txt")
+    with os.fdopen(fd, "w") as f:
+        for s in segments:
+            escaped = str(Path(s).resolve()).replace("'", r"'\''")
+            f.write(f"file '{escaped}'\n")
+    return name
+
+
+# --------------------------------------------------------------------------- VFR + hashing
+
+def normalize_vfr(path, cache_dir) -> str:
+    """Return the path to decode: ``path`` itself when it is CFR and seeks exactly.
+
+    VFR: a CFR mezzanine at (about) the average rate, near-lossless x264
+    (crf 10) in Matroska with all audio and subtitles. CFR in a container that
+    ffmpeg cannot seek exactly (MPEG-TS, FLV, fragmented MP4): a stream-copy
+    remux into Matroska (no re-encode). Either is cached in ``cache_dir`` by
+    the source's content hash, so it is made once.
+    """
+    info = probe(path)
+    if not info.is_vfr and info.seekable:
+        return str(path)
+    kind = "cfr" if info.is_vfr else "remux"
+    cache = Path(cache_dir)
+    cache.mkdir(parents=True, exist_ok=True)
+    out = cache / f"{content_hash(path)[:32]}.{kind}.mkv"
+    if out.is_file():
+        return str(out)
+    tmp = _claim_temp(out)
+    if info.is_vfr:
+        cmd = ft.mezzanine_cmd(info, str(tmp), ft.tidy_rate(info.fps))
+    else:
+        cmd = ft.remux_cmd(info, str(tmp))
+    try:
+        proc = ft.run(cmd)
+        if proc.returncode != 0:
+            raise InputError(f"{path}: could not normalise to a seekable constant frame rate "
+                             f"file ({ft.last_error_line(proc.stderr)})")
+        os.replace(tmp, out)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return str(out)
+
+
+def _cache_root() -> Path:
+    root = os.environ.get("FILMSTYLE_CACHE")
+    return Path(root) if root else Path.home() / ".cache" / "filmstyle"
+
+
+_HASH_MEMO: dict[tuple, str] = {}
+_HASH_SIDECAR_MAX = 2000
+
+
+def content_hash(path) -> str:
+    """BLAKE2b-256 of the file's bytes, memoised by (abs path, size, mtime_ns).
+
+    The memo lives in-process and in a small JSON sidecar under
+    $FILMSTYLE_CACHE (default ~/.cache/filmstyle), so a film is read once.
+    """
+    p = _existing_file(path).resolve()
+    st = p.stat()
+    key = (str(p), st.st_size, st.st_mtime_ns)
+    if key in _HASH_MEMO:
+        return _HASH_MEMO[key]
+    sidecar = _cache_root() / "content-hashes.json"
+    table = _load_json(sidecar)
+    skey = f"{key[0]}|{key[1]}|{key[2]}"
+    digest = table.get(skey)
+    if digest is None:
+        h = hashlib.blake2b(digest_size=32)
+        with open(p, "rb") as f:
+            for block in iter(lambda: f.read(1 << 22), b""):
+                h.update(block)
+        digest = h.hexdigest()
+        table[skey] = digest
+        _save_json(sidecar, dict(list(table.items())[-_HASH_SIDECAR_MAX:]))
+    _HASH_MEMO[key] = digest
+    return digest
+
+
+def _load_json(path: Path) -> dict:
+    try:
+        data = json.loads(path.read_text())
+        return data if isinstance(data, dict) else {}
+    except (OSError, ValueError):
+        return {}
+
+
+def _save_json(path: Path, data: dict) -> None:
+    """Atomic replace: concurrent workers may race, but never leave a torn file."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}")
+        tmp.write_text(json.dumps(data))
+        os.replace(tmp, path)
+    except OSError as e:  # a cache that cannot be written only costs time
+        log.debug("cannot write hash cache %s: %s", path, e)

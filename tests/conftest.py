@@ -1,0 +1,113 @@
+"""Shared pytest fixtures.
+
+Media fixtures make tiny clips with ffmpeg's lavfi sources once per session
+(on demand, by name), and point at the real clips in ../shared/data when it
+exists.
+"""
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import pytest
+
+SHARED_VIDEOS = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "videos"
+
+_SRT = "1\n00:00:00,000 --> 00:00:01,000\nHello\n\n2\n00:00:01,000 --> 00:00:02,000\nWorld\n"
+
+# name -> ffmpeg arguments after the global options ({dir} is the clip directory).
+# "main.mp4": 60 frames of testsrc2 (frame counter, every frame differs) at 30000/1001,
+# H.264 with B-frames and a fixed 12-frame GOP, 2.5 s of stereo AAC (a tone starting at
+# 1 s), an English mov_text track.
+_RECIPES: dict[str, list[str]] = {
+    "main.mp4": ["-f", "lavfi", "-i", "testsrc2=size=320x180:rate=30000/1001",
+                 # silence, then a tone from t = 1 s: a sync mark for audio tests
+                 "-f", "lavfi",
+                 "-i", "aevalsrc=exprs='if(gte(t,1),0.5*sin(2*PI*440*t),0)':s=48000",
+                 "-i", "{dir}/subs.srt",
+                 "-map", "0:v", "-map", "1:a", "-map", "2:s", "-vf", "trim=end_frame=60",
+                 "-t", "2.5",  # audio outlasts the picture, as it often does
+                 "-c:v", "libx264", "-preset", "ultrafast", "-bf", "3", "-g", "12",
+                 "-keyint_min", "12", "-sc_threshold", "0", "-pix_fmt", "yuv420p",
+                 "-c:a", "aac", "-ac", "2", "-c:s", "mov_text",
+                 "-metadata:s:s:0", "language=eng"],
+    # Same streams in Matroska: no sample table, so probing demuxes packets.
+    "main.mkv": ["-i", "{dir}/main.mp4", "-map", "0", "-c", "copy", "-c:s", "srt"],
+    # Display matrix: shown rotated by 90 degrees.
+    "rotated.mp4": ["-display_rotation", "90", "-i", "{dir}/main.mp4", "-map", "0:v",
+                    "-map", "0:a", "-c", "copy"],
+    # MPEG-TS: timestamps start at 1.4 s, audio 21 ms before video, and ffmpeg's
+    # seeking in it is not frame-exact.
+    "main.ts": ["-i", "{dir}/main.mp4", "-map", "0:v", "-map", "0:a", "-c", "copy"],
+    # Cut without re-encoding: the MP4 edit list hides the frames before 0.5 s that
+    # the decoder still needs (demuxed, flagged discard).
+    "cut.mp4": ["-ss", "0.5", "-i", "{dir}/main.mp4", "-map", "0:v", "-map", "0:a",
+                "-c", "copy"],
+    # Odd coded size (4:4:4 allows it) and non-square pixels.
+    "odd_sar.mp4": ["-f", "lavfi", "-i", "testsrc2=size=320x180:rate=25", "-frames:v", "30",
+                    "-vf", "scale=321:181,setsar=4/3", "-c:v", "libx264", "-preset", "ultrafast",
+                    "-pix_fmt", "yuv444p"],
+    # Variable frame rate: the second half runs at half speed (timestamps every 2 frames).
+    "vfr.mkv": ["-f", "lavfi", "-i", "testsrc2=size=320x180:rate=30",
+                "-f", "lavfi", "-i", "sine=frequency=300:sample_rate=48000",
+                "-frames:v", "60", "-t", "3",
+                "-vf", "setpts='PTS+if(gte(N,30),(N-30)/30/TB,0)'", "-fps_mode", "passthrough",
+                "-c:v", "libx264", "-preset", "ultrafast", "-g", "12", "-c:a", "aac"],
+    "vfr.mp4": ["-i", "{dir}/vfr.mkv", "-map", "0", "-c", "copy"],
+    # moov atom up front: a truncated copy still opens and its prefix decodes.
+    "faststart.mp4": ["-i", "{dir}/main.mp4", "-map", "0:v", "-c", "copy",
+                      "-movflags", "+faststart"],
+    "audio_only.m4a": ["-f", "lavfi", "-i", "sine=sample_rate=48000", "-t", "1", "-c:a", "aac"],
+    "one_frame.mp4": ["-f", "lavfi", "-i", "testsrc2=size=64x64:rate=25", "-frames:v", "1",
+                      "-c:v", "libx264", "-pix_fmt", "yuv420p"],
+    # Untagged SD clip made from pure red by ffmpeg's default (BT.601) conversion.
+    "red_sd.mp4": ["-f", "lavfi", "-i", "color=c=0xFF0000:size=160x120:rate=25",
+                   "-frames:v", "3", "-c:v", "libx264", "-qp", "0", "-pix_fmt", "yuv444p"],
+}
+_DEPENDS = {"main.mp4": ["subs.srt"], "main.mkv": ["main.mp4"], "rotated.mp4": ["main.mp4"],
+            "main.ts": ["main.mp4"], "cut.mp4": ["main.mp4"],
+            "faststart.mp4": ["main.mp4"], "vfr.mp4": ["vfr.mkv"]}
+
+
+@pytest.fixture(scope="session")
+def ffmpeg_exe() -> str:
+    from pipeline.media import ffmpeg_binary
+
+    return ffmpeg_binary()
+
+
+@pytest.fixture(scope="session")
+def media_clip(tmp_path_factory, ffmpeg_exe):
+    """Factory: ``media_clip("main.mp4")`` -> Path of a generated clip (made once per session)."""
+    root = tmp_path_factory.mktemp("clips")
+    made: dict[str, Path] = {}
+
+    def make(name: str) -> Path:
+        if name in made:
+            return made[name]
+        for dep in _DEPENDS.get(name, []):
+            make(dep)
+        out = root / name
+        if name == "subs.srt":
+            out.write_text(_SRT)
+        else:
+            args = [a.replace("{dir}", str(root)) for a in _RECIPES[name]]
+            subprocess.run([ffmpeg_exe, "-hide_banner", "-loglevel", "error", "-nostdin", "-y",
+                            *args, str(out)], check=True)
+        made[name] = out
+        return out
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def shared_video():
+    """Factory: ``shared_video("name.mp4")`` -> Path in ../shared/data/videos, or skip."""
+
+    def get(name: str) -> Path:
+        path = SHARED_VIDEOS / name
+        if not path.is_file():
+            pytest.skip(f"real-data test: {path} is absent (../shared/data not mounted)")
+        return path
+
+    return get

