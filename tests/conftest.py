@@ -111,3 +111,46 @@ def shared_video():
         return path
 
     return get
+
+
+# ---------------------------------------------------------------------------------------------
+# S3 fixtures (storage tests). moto is not multi-process safe: it runs as one threaded HTTP
+# server on 127.0.0.1 for the session and every client passes its endpoint_url.
+# (They live here, not in a tests.s3_fixtures plugin: tests/ is not a package, and
+# `pytest_plugins = ["tests.s3_fixtures"]` only imports under `python -m pytest`.)
+
+@pytest.fixture(scope="session")
+def s3_server():
+    """The moto server's endpoint URL. Dummy credentials (distinctive, so tests can check they
+    never leak) and the region are set for the session; ~/.aws and instance metadata are off."""
+    from moto.server import ThreadedMotoServer
+
+    with pytest.MonkeyPatch.context() as mp:
+        for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN", "AWS_ENDPOINT_URL",
+                     "AWS_ENDPOINT_URL_S3", "FILMSTYLE_S3_ENDPOINT_URL", "AWS_REGION"):
+            mp.delenv(name, raising=False)
+        mp.setenv("AWS_ACCESS_KEY_ID", "AKIAFILMSTYLETESTKEY")
+        mp.setenv("AWS_SECRET_ACCESS_KEY", "filmstyle-test-secret-do-not-print")
+        mp.setenv("AWS_DEFAULT_REGION", "us-east-1")
+        mp.setenv("AWS_CONFIG_FILE", "/nonexistent/filmstyle-tests/config")
+        mp.setenv("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent/filmstyle-tests/credentials")
+        mp.setenv("AWS_EC2_METADATA_DISABLED", "true")
+        server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+        server.start()
+        host, port = server.get_host_and_port()
+        try:
+            yield f"http://{host}:{port}"
+        finally:
+            server.stop()
+
+
+@pytest.fixture
+def s3_bucket(s3_server):
+    """A fresh, empty bucket on the session's moto server; its name."""
+    import uuid
+
+    import boto3
+
+    name = f"test-{uuid.uuid4().hex[:12]}"
+    boto3.client("s3", endpoint_url=s3_server).create_bucket(Bucket=name)
+    return name
