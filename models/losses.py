@@ -1,12 +1,10 @@
 """Perceptual losses (Johnson et al.) as small functions over VGG feature dicts.
 
-Each loss returns a scalar tensor; weights are applied by the caller
-(``LossWeights``), so that the temporal and distillation losses of later
-phases plug in beside these without touching them.
+Each loss returns a scalar tensor; weights are applied by the caller (the
+trainer's config, recorded in each model card), so that the temporal and
+distillation losses of later phases plug in beside these without touching them.
 """
 from __future__ import annotations
-
-from dataclasses import asdict, dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -67,25 +65,6 @@ def tv_loss(img: torch.Tensor) -> torch.Tensor:
     return dx + dy
 
 
-@dataclass
-class LossWeights:
-    """Weights of the image-phase losses. Tuned per loss network; recorded in model cards."""
-
-    content: float = 1.0
-    style: float = 1.0
-    tv: float = 0.0
-    # Temporal weights (used by the video training phase).
-    temporal_output: float = 0.0
-    temporal_feature: float = 0.0
-    extra: dict = field(default_factory=dict)
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-
-# Defaults per loss-network source, found by a short sweep (see model cards): the
-# HED-tuned trunk has larger activations than ImageNet VGG, so its weights differ.
-DEFAULT_WEIGHTS = {
-    "hed": LossWeights(content=1.0, style=5e4, tv=1e-1),
-    "torchvision": LossWeights(content=1.0, style=2e5, tv=1e-1),
-}
+def range_loss(raw: torch.Tensor) -> torch.Tensor:
+    """Mean squared distance of raw outputs from [0, 1]: keeps the straight-through clamp honest."""
+    return (raw - raw.clamp(0, 1)).pow(2).mean()

@@ -25,7 +25,7 @@ from pipeline.errors import InputError
 
 from . import losses as L
 from .checkpoint import file_digest, save_style_model
-from .transformer import SIZES, TransformerNet
+from .transformer import SIZES, TransformerNet, straight_through_clamp
 from .vgg import find_weights, loss_network
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
@@ -43,8 +43,9 @@ class TrainConfig:
     steps: int = 2000
     lr: float = 1e-3
     content_weight: float = 1.0
-    style_weight: float = 3.0
+    style_weight: float = 1.0
     tv_weight: float = 1e-1
+    range_weight: float = 1.0  # penalty on raw outputs outside [0, 1] (the clamp is straight-through)
     bf16: bool | None = None  # None: on when the CPU/GPU supports it
     seed: int = 0
     checkpoint_every_s: float = 120.0
@@ -258,7 +259,8 @@ def train(cfg: TrainConfig, *, restart: bool = False, progress: bool = True, log
     while step < cfg.steps:
         x = sampler.sample(cfg.batch_size).to(device)
         with torch.autocast(device_type=device.split(":")[0], dtype=torch.bfloat16, enabled=use_bf16):
-            y = net(x)
+            raw = net(x)
+            y = straight_through_clamp(raw)
             feats_y = vgg(y)
             with torch.no_grad():
                 feats_x = vgg(x)
@@ -266,8 +268,10 @@ def train(cfg: TrainConfig, *, restart: bool = False, progress: bool = True, log
             "content": L.content_loss(feats_y, feats_x),
             "style": L.style_loss(feats_y, target),
             "tv": L.tv_loss(y.float()),
+            "range": L.range_loss(raw.float()),
         }
-        total = cfg.content_weight * terms["content"] + cfg.style_weight * terms["style"] + cfg.tv_weight * terms["tv"]
+        total = (cfg.content_weight * terms["content"] + cfg.style_weight * terms["style"]
+                 + cfg.tv_weight * terms["tv"] + cfg.range_weight * terms["range"])
         opt.zero_grad(set_to_none=True)
         total.backward()
         opt.step()
@@ -309,7 +313,8 @@ def train(cfg: TrainConfig, *, restart: bool = False, progress: bool = True, log
             "content_layers": list(L.CONTENT_LAYERS),
             "style_layers": list(L.STYLE_LAYERS),
             "normalization": "relative: per-layer squared error / target energy; Gram normalized by C*H*W",
-            "weights": {"content": cfg.content_weight, "style": cfg.style_weight, "tv": cfg.tv_weight},
+            "weights": {"content": cfg.content_weight, "style": cfg.style_weight, "tv": cfg.tv_weight,
+                        "range": cfg.range_weight},
             "final_ema": {k: round(v, 5) for k, v in ema.items()},
         },
         "config": cfg.card_fields(),

@@ -24,7 +24,11 @@ class TransformerConfig:
     base_channels: int = 32  # 32 -> 32/64/128 as in Johnson et al.
     residual_blocks: int = 5
     in_channels: int = 3
-    norm: str = "instance"  # "instance" (affine) or "batch-free" variants later
+    # "frn": filter response normalization + TLU (Singh & Krishnan 2020). Instance
+    # norm lets the net plant bright/dark "bubbles" that steer the per-image
+    # statistics (seen here in training, and reported by ReCoNet's reimplementation);
+    # FRN has no mean subtraction to exploit that way. "instance" is kept for comparison.
+    norm: str = "frn"
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -43,9 +47,29 @@ SIZES = {
 }
 
 
-def _norm(channels: int, kind: str) -> nn.Module:
+class FRN(nn.Module):
+    """Filter response normalization, optionally followed by a thresholded linear unit."""
+
+    def __init__(self, channels: int, tlu: bool = True, eps: float = 1e-6):
+        super().__init__()
+        self.gamma = nn.Parameter(torch.ones(1, channels, 1, 1))
+        self.beta = nn.Parameter(torch.zeros(1, channels, 1, 1))
+        self.tau = nn.Parameter(torch.zeros(1, channels, 1, 1)) if tlu else None
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        nu2 = x.float().pow(2).mean(dim=(2, 3), keepdim=True)
+        x = x * torch.rsqrt(nu2 + self.eps).to(x.dtype)
+        y = self.gamma * x + self.beta
+        return torch.maximum(y, self.tau) if self.tau is not None else y
+
+
+def _norm_act(channels: int, kind: str, activation: bool = True) -> list[nn.Module]:
+    """Normalization (+ ReLU, or TLU for FRN) as a list of modules."""
     if kind == "instance":
-        return nn.InstanceNorm2d(channels, affine=True)
+        return [nn.InstanceNorm2d(channels, affine=True)] + ([nn.ReLU(inplace=True)] if activation else [])
+    if kind == "frn":
+        return [FRN(channels, tlu=activation)]
     raise ValueError(f"unknown normalization {kind!r}")
 
 
@@ -56,15 +80,15 @@ class ConvLayer(nn.Sequential):
 
 class ConvNormReLU(nn.Sequential):
     def __init__(self, cin: int, cout: int, kernel: int, stride: int, norm: str):
-        super().__init__(ConvLayer(cin, cout, kernel, stride), _norm(cout, norm), nn.ReLU(inplace=True))
+        super().__init__(ConvLayer(cin, cout, kernel, stride), *_norm_act(cout, norm))
 
 
 class ResidualBlock(nn.Module):
     def __init__(self, channels: int, norm: str):
         super().__init__()
         self.body = nn.Sequential(
-            ConvLayer(channels, channels, 3), _norm(channels, norm), nn.ReLU(inplace=True),
-            ConvLayer(channels, channels, 3), _norm(channels, norm),
+            ConvLayer(channels, channels, 3), *_norm_act(channels, norm),
+            ConvLayer(channels, channels, 3), *_norm_act(channels, norm, activation=False),
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -75,7 +99,7 @@ class UpsampleConv(nn.Sequential):
     def __init__(self, cin: int, cout: int, norm: str):
         super().__init__(
             nn.Upsample(scale_factor=2, mode="nearest"),
-            ConvLayer(cin, cout, 3), _norm(cout, norm), nn.ReLU(inplace=True),
+            ConvLayer(cin, cout, 3), *_norm_act(cout, norm),
         )
 
 
@@ -105,20 +129,31 @@ class TransformerNet(nn.Module):
         return self.encoder(x)
 
     def decode(self, features: torch.Tensor) -> torch.Tensor:
-        # sigmoid keeps the output in [0, 1] with a gradient everywhere (a clamp would not).
-        return torch.sigmoid(self.decoder(features))
+        # Linear output, no sigmoid/tanh: a saturated squashing function has no
+        # gradient, and regions that saturate early in training stay black for good.
+        return self.decoder(features)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Raw output (training); ``stylize`` gives displayable [0, 1] images."""
         return self.decode(self.encode(x))
 
     def stylize(self, x: torch.Tensor) -> torch.Tensor:
-        """Forward pass for any size: reflect-pads to a multiple of 4 and crops back."""
+        """Inference for any size: reflect-pads to a multiple of 4, crops back, clamps to [0, 1]."""
         h, w = x.shape[-2:]
         ph, pw = (-h) % self.MULTIPLE, (-w) % self.MULTIPLE
         if ph or pw:
             x = nn.functional.pad(x, (0, pw, 0, ph), mode="reflect")
         y = self(x)
-        return y[..., :h, :w]
+        return y[..., :h, :w].clamp(0, 1)
+
+
+def straight_through_clamp(y: torch.Tensor) -> torch.Tensor:
+    """Clamp to [0, 1] in the forward pass, identity in the backward pass.
+
+    Losses then judge the image that will be shown, while out-of-range pixels
+    still receive gradients that pull them back.
+    """
+    return y + (y.clamp(0, 1) - y).detach()
 
 
 def parameter_count(net: nn.Module) -> int:
