@@ -1,0 +1,43 @@
+"""Shared helpers for the benchmarks: real clips from ../shared/data, a style model, trimming."""
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED_VIDEOS = ROOT.parent / "shared" / "data" / "videos"
+
+
+def shared_video(name: str) -> Path:
+    path = SHARED_VIDEOS / name
+    if not path.is_file():
+        sys.exit(f"benchmark skipped: {path} is absent (the benchmarks read real clips from ../shared/data)")
+    return path
+
+
+def trimmed_copy(src: Path, frames: int, out: Path) -> Path:
+    """The first ``frames`` frames of ``src`` with its audio, re-encoded near-losslessly (frame-exact)."""
+    from pipeline.media import ffmpeg_binary
+
+    subprocess.run([ffmpeg_binary(), "-v", "error", "-y", "-i", str(src), "-frames:v", str(frames),
+                    "-c:v", "libx264", "-crf", "12", "-preset", "veryfast", "-c:a", "aac", "-shortest", str(out)],
+                   check=True)
+    return out
+
+
+def style_for_benchmark(name: str | None) -> str:
+    """A shipped style, or a seeded random full-size net (same FLOPs) when none is shipped yet."""
+    import torch
+
+    from models.checkpoint import save_style_model, shipped_styles
+    from models.transformer import SIZES, TransformerNet
+
+    styles = shipped_styles()
+    if name:
+        return name
+    if styles:
+        return next(iter(styles))
+    torch.manual_seed(0)
+    path = ROOT / "out" / "bench_random_full.safetensors"
+    return str(save_style_model(path, TransformerNet(SIZES["full"]), {"name": "random-full"}))

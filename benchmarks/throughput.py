@@ -1,0 +1,115 @@
+"""Throughput of the render pipeline against a naive loop, measured in the same run.
+
+The naive baseline decodes with one ffmpeg pipe, runs the same net on each
+frame, resizes to the delivery size and encodes with one ffmpeg pipe: the
+least any renderer must do. The pipeline adds probing, hashing, shot
+detection, chunking, carry states, segment commits and assembly with audio.
+
+    .venv/bin/python benchmarks/throughput.py [--frames 240] [--width 640] [--style NAME]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks.common import shared_video, style_for_benchmark, trimmed_copy  # noqa: E402
+
+
+def naive(src: Path, out: Path, style: str, width: int, precision: str) -> dict:
+    from models.checkpoint import resolve_style
+    from pipeline import media
+    from pipeline.stylize import NetRunner
+    from pipeline.upscale import make_upscaler
+
+    info = media.probe(src)
+    working = media.working_size(info, width)
+    delivery = media.working_size(info, info.display_size[0])
+    net = NetRunner(resolve_style(style), precision=precision)
+    resize = make_upscaler("lanczos")
+    net(next(iter(media.decode_frames(info, 0, 1, working)))[None])  # warm-up (oneDNN primitives)
+    t = {"decode": 0.0, "stylize": 0.0, "upscale": 0.0, "encode": 0.0}
+    t0 = time.perf_counter()
+    frames = media.decode_frames(info, 0, info.frame_count, working)
+    with media.SegmentWriter(out, info.fps, delivery) as writer:
+        while True:
+            a = time.perf_counter()
+            frame = next(frames, None)
+            b = time.perf_counter()
+            t["decode"] += b - a
+            if frame is None:
+                break
+            y = net(frame[None])
+            c = time.perf_counter()
+            y = resize(y, delivery)
+            d = time.perf_counter()
+            writer.write(y)
+            e = time.perf_counter()
+            t["stylize"] += c - b
+            t["upscale"] += d - c
+            t["encode"] += e - d
+        a = time.perf_counter()
+    t["encode"] += time.perf_counter() - a  # encoder flush
+    t["wall"] = time.perf_counter() - t0
+    return t
+
+
+def pipeline(src: Path, out: Path, style: str, width: int, precision: str, workdir: Path) -> dict:
+    from pipeline.render import RenderConfig, render
+
+    cfg = RenderConfig(input=str(src), output=str(out), style=style, width=width, precision=precision,
+                       cache_dir=str(workdir / "cache"))
+    report = render(cfg, progress=False, log=lambda m: None)
+    return dict(report.stage_seconds, wall=report.wall_seconds, shots=report.shots, chunks=report.chunks)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--input", default=None, help="720p clip (default: ../shared/data/videos/imageio_cockatoo_yuv420.mp4)")
+    ap.add_argument("--frames", type=int, default=240)
+    ap.add_argument("--width", type=int, default=640)
+    ap.add_argument("--style", default=None)
+    ap.add_argument("--precision", default="fp32", choices=["fp32", "bf16"])
+    ap.add_argument("--json", default=None, help="write results here")
+    args = ap.parse_args()
+
+    from pipeline.memtune import tune_malloc
+    from pipeline.stylize import configure_threads
+
+    tune_malloc()
+    configure_threads(None)
+    src = Path(args.input) if args.input else shared_video("imageio_cockatoo_yuv420.mp4")
+    style = style_for_benchmark(args.style)
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        clip = trimmed_copy(src, args.frames, tmp / "clip.mp4")
+        base = naive(clip, tmp / "naive.mp4", style, args.width, args.precision)
+        pipe = pipeline(clip, tmp / "pipe.mp4", style, args.width, args.precision, tmp)
+    n = args.frames
+    rows = []
+    for stage in ("probe", "shots", "decode", "stylize", "upscale", "encode", "assemble", "wall"):
+        b, p = base.get(stage), pipe.get(stage)
+        rows.append((stage, b, p))
+    print(f"clip: {src.name}, first {n} frames, working width {args.width}, style {Path(style).stem}, "
+          f"{args.precision}")
+    print(f"| stage | naive s | naive fps | pipeline s | pipeline fps |")
+    print("|---|---|---|---|---|")
+    for stage, b, p in rows:
+        fmt = lambda s: ("-", "-") if s is None else (f"{s:.2f}", f"{n / s:.1f}" if s > 0 else "-")  # noqa: E731
+        print(f"| {stage} | {' | '.join(fmt(b))} | {' | '.join(fmt(p))} |")
+    net_share = pipe["stylize"] / pipe["wall"]
+    overhead = pipe["wall"] / base["wall"] - 1
+    print(f"pipeline / naive wall time: {pipe['wall'] / base['wall']:.3f} (overhead {overhead:+.1%}); "
+          f"net share of pipeline wall time: {net_share:.1%}; shots {pipe['shots']}, chunks {pipe['chunks']}")
+    if args.json:
+        Path(args.json).write_text(json.dumps({"frames": n, "naive": base, "pipeline": pipe,
+                                               "overhead": overhead, "net_share": net_share}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
