@@ -34,6 +34,7 @@ def _add_shot_options(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .flow import FLOW_BACKENDS
     from .render import DEFAULT_STYLE, RenderConfig
     from .stylize import METHODS
     from .upscale import UPSCALERS
@@ -73,6 +74,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--report", default=None, metavar="PATH", help="report path (default: OUT.report.json)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     _add_shot_options(p)
+    g = p.add_argument_group("temporal consistency (flow-blend, flow-recurrent)")
+    g.add_argument("--flow-backend", default=d.flow_backend, choices=sorted(FLOW_BACKENDS),
+                   help=f"optical flow backend (default: {d.flow_backend})")
+    g.add_argument("--flow-preset", default=d.flow_preset, choices=["ultrafast", "fast", "medium"],
+                   help=f"DIS preset (default: {d.flow_preset})")
+    g.add_argument("--flow-cache", default=None, metavar="URI",
+                   help="flow cache folder or s3:// URI, shared by restyles of the same film (default: CACHE/flow)")
+    g.add_argument("--soft-mask", action="store_true", help="soft occlusion mask instead of a hard one")
+    g.add_argument("--strength", type=float, default=d.strength,
+                   help=f"flow-blend: weight of the warped previous output, 0-1 (default: {d.strength})")
+    g.add_argument("--refine", action="store_true", help="flow-blend: run the net again on the blended frame")
     p.set_defaults(func=cmd_render)
 
     p = sub.add_parser("shots", help="print the shot list of a video", epilog=EPILOG,
@@ -130,11 +142,16 @@ def cmd_render(args) -> int:
         out_width=args.out_width, chunk_frames=args.chunk_frames, upscaler=args.upscaler, crf=args.crf,
         preset=args.preset, precision=args.precision, batch=args.batch, detector=args.detector,
         threshold=args.threshold, min_shot_frames=args.min_shot_frames, workdir=args.workdir,
-        cache_dir=args.cache_dir, keep_work=args.keep_work, threads=args.threads, report=args.report)
+        cache_dir=args.cache_dir, keep_work=args.keep_work, threads=args.threads, report=args.report,
+        flow_backend=args.flow_backend, flow_preset=args.flow_preset, flow_cache=args.flow_cache,
+        soft_mask=args.soft_mask, strength=args.strength, refine=args.refine)
     report = render(cfg, progress=not args.quiet, log=lambda m: print(m, file=sys.stderr))
     stages = ", ".join(f"{k} {v:.1f}s" for k, v in report.stage_seconds.items())
     print(f"wrote {report.output} ({report.frames} frames, {report.shots} shots, {report.chunks} chunks) "
           f"in {report.wall_seconds:.1f}s: {stages}")
+    if report.flow:
+        print(f"flow: {report.flow['pairs']} pairs, {report.flow['computed']} computed, "
+              f"{report.flow['cache_hits']} from the cache ({report.flow['cache']})")
     return 0
 
 

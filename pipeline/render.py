@@ -25,8 +25,10 @@ import numpy as np
 
 from . import media
 from .errors import InputError, OutputError
-from .plan import Chunk, RenderPlan, make_plan
+from .flow import CachedFlowSource, FlowCache, compute_flows, make_flow_backend
+from .plan import Chunk, RenderPlan, flow_pairs, make_plan
 from .shots import ShotParams, detect_shots
+from .storage import open_storage
 from .stylize import CarryState, Stylizer, configure_threads, make_stylizer
 from .upscale import make_upscaler
 
@@ -51,6 +53,12 @@ class RenderConfig:
     detector: str = "adaptive"
     threshold: float | None = None
     min_shot_frames: int = 15
+    flow_backend: str = "dis"
+    flow_preset: str = "medium"  # DIS preset
+    flow_cache: str | None = None  # URI (folder or s3://); default: CACHE/flow
+    soft_mask: bool = False
+    strength: float = 0.7  # flow-blend
+    refine: bool = False  # flow-blend
     workdir: str | None = None
     cache_dir: str | None = None
     keep_work: bool = False
@@ -59,6 +67,12 @@ class RenderConfig:
 
     def shot_params(self) -> ShotParams:
         return ShotParams(detector=self.detector, threshold=self.threshold, min_shot_frames=self.min_shot_frames)
+
+    def method_options(self) -> dict:
+        return {"strength": self.strength, "refine": self.refine}
+
+    def flow_backend_params(self) -> dict:
+        return {"preset": self.flow_preset} if self.flow_backend == "dis" else {}
 
 
 @dataclass
@@ -131,15 +145,29 @@ def delivery_size(info: media.VideoInfo, out_width: int | None) -> tuple[int, in
     return media.working_size(info, width)
 
 
+def chunk_flow_source(cache: FlowCache, backend, frames: np.ndarray, chunk: Chunk,
+                      state: CarryState | None) -> CachedFlowSource:
+    """Flow for the chunk's pairs from the cache; a missing or corrupt entry is recomputed from
+    the chunk's frames (and the previous chunk's last frame, carried in the state)."""
+    lookup = {chunk.start + i: f for i, f in enumerate(frames)}
+    if state is not None and state.last_source is not None:
+        lookup[chunk.start - 1] = state.last_source
+    return CachedFlowSource(cache, backend, lookup)
+
+
 def render_chunk(plan: RenderPlan, chunk: Chunk, source: Source, stylizer: Stylizer, state: CarryState | None,
                  segment: Path, *, out_size: tuple[int, int], upscaler, crf: int, preset: str,
-                 timer: StageTimer, flow=None, on_frames=None) -> CarryState:
-    """Decode, stylize, upscale and encode one chunk to ``segment``; return the carry-out state."""
+                 timer: StageTimer, flow: tuple[FlowCache, object] | None = None, on_frames=None) -> CarryState:
+    """Decode, stylize, upscale and encode one chunk to ``segment``; return the carry-out state.
+
+    ``flow`` is (cache, backend) for methods that need optical flow.
+    """
     with timer("decode"):
         frames = np.stack(list(media.decode_frames(source.info, chunk.start, chunk.end, plan.working_size,
                                                    chunk_hint=chunk.length)))
+    flow_source = chunk_flow_source(*flow, frames, chunk, state) if flow else None
     with timer("stylize"):
-        out, state = stylizer.stylize(frames, chunk.start, state, flow=flow)
+        out, state = stylizer.stylize(frames, chunk.start, state, flow=flow_source)
     with timer("upscale"):
         out = upscaler(out, out_size)
     with timer("encode"):
@@ -148,6 +176,24 @@ def render_chunk(plan: RenderPlan, chunk: Chunk, source: Source, stylizer: Styli
     if on_frames:
         on_frames(chunk.length)
     return state
+
+
+def compute_flow_stage(source: Source, plan: RenderPlan, cfg: RenderConfig, timer: StageTimer,
+                       progress: bool) -> tuple[tuple[FlowCache, object], dict]:
+    """Fill the flow cache for every pair inside a shot; a restyle of the same film computes none."""
+    from tqdm import tqdm
+
+    backend = make_flow_backend(cfg.flow_backend, **cfg.flow_backend_params())
+    cache_uri = cfg.flow_cache or str(cache_root(cfg.cache_dir) / "flow")
+    cache = FlowCache(open_storage(cache_uri), source.hash, plan.working_size, backend, soft=cfg.soft_mask)
+    pairs = flow_pairs(plan)
+    with timer("flow"):
+        bar = tqdm(total=len(pairs), desc="flow", unit="pair", disable=not progress, leave=False)
+        counts = compute_flows(source.info, plan, pairs, backend, cache, progress=lambda done, total: bar.update(1))
+        bar.close()
+    report = {"backend": cfg.flow_backend, **cfg.flow_backend_params(), "cache": cache_uri,
+              "pairs": counts["pairs"], "computed": counts["computed"], "cache_hits": counts["cached"]}
+    return (cache, backend), report
 
 
 # ---------------------------------------------------------------- chunk commits
@@ -195,9 +241,11 @@ class ChunkStore:
 
 
 def work_key(source: Source, stylizer: Stylizer, cfg: RenderConfig, out_size: tuple[int, int]) -> str:
-    spec = {"source": source.hash, "style": stylizer.model_hash, "method": cfg.method, "width": cfg.width,
+    spec = {"source": source.hash, "stylizer": stylizer.params(), "width": cfg.width,
             "out": list(out_size), "chunk": cfg.chunk_frames, "crf": cfg.crf, "preset": cfg.preset,
-            "upscaler": cfg.upscaler, "precision": cfg.precision, "shots": asdict(cfg.shot_params())}
+            "upscaler": cfg.upscaler, "shots": asdict(cfg.shot_params())}
+    if stylizer.needs_flow:
+        spec["flow"] = {"backend": cfg.flow_backend, **cfg.flow_backend_params(), "soft": cfg.soft_mask}
     return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:20]
 
 
@@ -218,6 +266,7 @@ class RenderReport:
     shots: int
     chunks: int
     chunks_resumed: int
+    flow: dict = field(default_factory=dict)
     stage_seconds: dict = field(default_factory=dict)
     wall_seconds: float = 0.0
     model_card: dict = field(default_factory=dict)
@@ -239,7 +288,8 @@ def render(cfg: RenderConfig, *, progress: bool = True, log=print) -> RenderRepo
     configure_threads(cfg.threads)
     with timer("probe"):
         source = prepare_source(cfg.input, cfg.cache_dir)
-    stylizer = make_stylizer(cfg.method, style_path, precision=cfg.precision, batch=cfg.batch)
+    stylizer = make_stylizer(cfg.method, style_path, precision=cfg.precision, batch=cfg.batch,
+                             **cfg.method_options())
     upscaler = make_upscaler(cfg.upscaler)
     # Never run the net above the source's resolution: it costs time and adds nothing.
     working = media.working_size(source.info, min(cfg.width, source.info.display_size[0]))
@@ -254,6 +304,10 @@ def render(cfg: RenderConfig, *, progress: bool = True, log=print) -> RenderRepo
     log(f"{Path(cfg.input).name}: {source.info.frame_count} frames at {source.info.fps} fps, "
         f"{len(plan.shots)} shots, {len(plan.chunks)} chunks; working {working[0]}x{working[1]}, "
         f"delivery {out_size[0]}x{out_size[1]}")
+
+    flow, flow_report = None, {}
+    if stylizer.needs_flow:
+        flow, flow_report = compute_flow_stage(source, plan, cfg, timer, progress)
 
     workdir = Path(cfg.workdir) if cfg.workdir else cache_root(cfg.cache_dir) / "work" / work_key(
         source, stylizer, cfg, out_size)
@@ -270,7 +324,7 @@ def render(cfg: RenderConfig, *, progress: bool = True, log=print) -> RenderRepo
                 continue
             state = render_chunk(plan, chunk, source, stylizer, state, store.segment(chunk), out_size=out_size,
                                  upscaler=upscaler, crf=cfg.crf, preset=cfg.preset, timer=timer,
-                                 on_frames=bar.update)
+                                 flow=flow, on_frames=bar.update)
             store.commit(chunk, state)
     bar.close()
 
@@ -284,7 +338,7 @@ def render(cfg: RenderConfig, *, progress: bool = True, log=print) -> RenderRepo
         input=cfg.input, output=str(out), style=cfg.style, method=cfg.method, frames=plan.frame_count,
         fps=str(plan.fps), duration_s=round(float(Fraction(plan.frame_count) / plan.fps), 3),
         working_size=working, delivery_size=out_size, shots=len(plan.shots), chunks=len(plan.chunks),
-        chunks_resumed=resumed, stage_seconds={k: round(v, 3) for k, v in timer.seconds.items()},
+        chunks_resumed=resumed, flow=flow_report, stage_seconds={k: round(v, 3) for k, v in timer.seconds.items()},
         wall_seconds=round(time.perf_counter() - t0, 3), model_card=stylizer.run.card if hasattr(stylizer, "run") else {},
     )
     report_path = Path(cfg.report) if cfg.report else out.with_name(out.name + ".report.json")

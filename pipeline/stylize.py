@@ -82,10 +82,14 @@ def register(name: str):
     return deco
 
 
-def make_stylizer(method: str, model_path: str | Path, **params) -> Stylizer:
+def make_stylizer(method: str, model_path: str | Path, *, device: str = "cpu", precision: str = "fp32",
+                  batch: int = 1, **options) -> Stylizer:
+    """Build a registered method; ``options`` not in the method's ``options`` tuple are ignored."""
     if method not in METHODS:
         raise InputError(f"unknown method {method!r}; available: {', '.join(sorted(METHODS))}")
-    return METHODS[method](model_path, **params)
+    cls = METHODS[method]
+    own = {k: v for k, v in options.items() if k in getattr(cls, "options", ())}
+    return cls(model_path, device=device, precision=precision, batch=batch, **own)
 
 
 def configure_threads(threads: int | None) -> int:
@@ -142,3 +146,7 @@ class PerFrameStylizer:
     def stylize(self, frames, first_index, state=None, flow=None):
         out = self.run(frames)
         return out, CarryState(first_index + len(frames), out[-1].copy(), frames[-1].copy())
+
+
+# Methods in their own modules register themselves on import.
+from . import flow_blend  # noqa: E402,F401
