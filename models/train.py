@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -197,6 +197,96 @@ def _center_crop(img: np.ndarray, size: int) -> torch.Tensor:
     return t[0, :, y:y + size, x:x + size].clamp(0, 1)
 
 
+def _prepare_output(out: str | Path) -> Path:
+    out = Path(out)
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise InputError(f"{out.parent}: cannot create output folder ({e.strerror})") from None
+    return out
+
+
+def _loss_setup(style_img: np.ndarray, vgg_path: str | None, device: str):
+    """The VGG loss network, its weights' origin and the style target (Gram matrices)."""
+    weights = find_weights(vgg_path)
+    vgg = loss_network(tuple(sorted(set(L.STYLE_LAYERS) | set(L.CONTENT_LAYERS))), weights).to(device)
+    with torch.no_grad():
+        target = L.StyleTarget(vgg(to_tensor(style_img)[None].to(device)))
+    return vgg, weights, target
+
+
+def _perceptual_terms(feats_y: dict, feats_x: dict, target, y: torch.Tensor, raw: torch.Tensor) -> dict:
+    return {
+        "content": L.content_loss(feats_y, feats_x),
+        "style": L.style_loss(feats_y, target),
+        "tv": L.tv_loss(y.float()),
+        "range": L.range_loss(raw.float()),
+    }
+
+
+def _weighted_total(terms: dict, weights: dict) -> torch.Tensor:
+    total = 0.0
+    for k, v in terms.items():
+        total = total + weights[k] * v
+    return total
+
+
+class _Run:
+    """What every training loop shares: resume, the optimizer step, loss averages, timed checkpoints."""
+
+    def __init__(self, out: Path, net, opt, gen: torch.Generator, identity: dict, *, restart: bool, log,
+                 every_s: float, every_steps: int):
+        self.net, self.opt, self.gen, self.identity = net, opt, gen, identity
+        self.every_s, self.every_steps = every_s, every_steps
+        self.state_path = _state_path(out)
+        self.step, self.history = 0, {"elapsed_s": 0.0, "ema": {}}
+        if self.state_path.exists() and not restart:
+            self.step, meta = load_state(self.state_path, net, opt, gen)
+            if meta.get("identity") != identity:
+                raise InputError(
+                    f"{self.state_path}: a training state for different settings exists "
+                    f"({meta.get('identity')}); pass --restart to discard it"
+                )
+            self.history = meta["history"]
+            log(f"resuming from step {self.step} ({self.state_path})")
+        self.ema: dict = self.history["ema"]
+
+    def start_clock(self) -> None:
+        self.t_start = time.monotonic() - self.history["elapsed_s"]
+        self.last_ckpt = time.monotonic()
+
+    def elapsed(self) -> float:
+        return time.monotonic() - self.t_start
+
+    def checkpoint(self) -> None:
+        self.history["elapsed_s"] = self.elapsed()
+        save_state(self.state_path, self.net, self.opt, self.step, self.gen,
+                   {"identity": self.identity, "history": self.history})
+
+    def update(self, terms: dict, total: torch.Tensor, bar) -> float:
+        """One optimizer step on ``total``; averages, progress and a checkpoint when due. Returns now."""
+        self.opt.zero_grad(set_to_none=True)
+        total.backward()
+        self.opt.step()
+        self.step += 1
+        for k, v in dict(terms, total=total).items():
+            v = float(v.detach())
+            self.ema[k] = v if k not in self.ema else 0.98 * self.ema[k] + 0.02 * v
+        bar.update(1)
+        bar.set_postfix({k: f"{v:.3g}" for k, v in self.ema.items()})
+        now = time.monotonic()
+        if (self.every_steps and self.step % self.every_steps == 0) or (
+            not self.every_steps and now - self.last_ckpt >= self.every_s
+        ):
+            self.checkpoint()
+            self.last_ckpt = now
+        return now
+
+
+def _autocast(device: str, enabled: bool):
+    return torch.autocast(device_type=device.split(":")[0], dtype=torch.bfloat16, enabled=enabled)
+
+
 def train(cfg: TrainConfig, *, restart: bool = False, progress: bool = True, log=print) -> Path:
     """Train (or resume) and write the style checkpoint to ``cfg.out``. Returns its path."""
     from tqdm import tqdm
@@ -208,20 +298,11 @@ def train(cfg: TrainConfig, *, restart: bool = False, progress: bool = True, log
     style_img = load_rgb(cfg.style, max_side=cfg.style_size)
     if cfg.size not in SIZES:
         raise InputError(f"unknown model size {cfg.size!r}; choose from {', '.join(SIZES)}")
-    out = Path(cfg.out)
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise InputError(f"{out.parent}: cannot create output folder ({e.strerror})") from None
+    out = _prepare_output(cfg.out)
     torch.manual_seed(cfg.seed)
     device = cfg.device
     use_bf16 = bf16_supported(device) if cfg.bf16 is None else cfg.bf16
-
-    weights = find_weights(cfg.vgg)
-    vgg = loss_network(tuple(sorted(set(L.STYLE_LAYERS) | set(L.CONTENT_LAYERS)))
-                       , weights).to(device)
-    with torch.no_grad():
-        target = L.StyleTarget(vgg(to_tensor(style_img)[None].to(device)))
+    vgg, weights, target = _loss_setup(style_img, cfg.vgg, device)
 
     net = TransformerNet(SIZES[cfg.size]).to(device)
     opt = torch.optim.Adam(net.parameters(), lr=cfg.lr)
@@ -231,69 +312,36 @@ def train(cfg: TrainConfig, *, restart: bool = False, progress: bool = True, log
     style_hash = file_digest(cfg.style)
     identity = {k: getattr(cfg, k) for k in cfg.fields_that_must_match}
     identity["style"] = style_hash
-    state_path = _state_path(out)
-    step, history = 0, {"elapsed_s": 0.0, "ema": {}}
-    if state_path.exists() and not restart:
-        step, meta = load_state(state_path, net, opt, gen)
-        if meta.get("identity") != identity:
-            raise InputError(
-                f"{state_path}: a training state for different settings exists "
-                f"({meta.get('identity')}); pass --restart to discard it"
-            )
-        history = meta["history"]
-        log(f"resuming from step {step} ({state_path})")
+    run = _Run(out, net, opt, gen, identity, restart=restart, log=log,
+               every_s=cfg.checkpoint_every_s, every_steps=cfg.checkpoint_every_steps)
 
     photos = torch.stack([_center_crop(load_rgb(p), cfg.image_size) for p in files[:3]]).to(device)
     samples_path = out.with_name(out.stem + ".samples.png")
-    ema: dict = history["ema"]
-    t_start = time.monotonic() - history["elapsed_s"]
-    last_ckpt = last_sample = time.monotonic()
+    run.start_clock()
+    last_sample = time.monotonic()
+    loss_weights = {"content": cfg.content_weight, "style": cfg.style_weight, "tv": cfg.tv_weight,
+                    "range": cfg.range_weight}
 
-    def checkpoint() -> None:
-        history["elapsed_s"] = time.monotonic() - t_start
-        save_state(state_path, net, opt, step, gen, {"identity": identity, "history": history})
-
-    bar = tqdm(total=cfg.steps, initial=step, disable=not progress, desc=f"train {Path(cfg.style).stem}",
+    bar = tqdm(total=cfg.steps, initial=run.step, disable=not progress, desc=f"train {Path(cfg.style).stem}",
                dynamic_ncols=True)
     net.train()
-    while step < cfg.steps:
+    while run.step < cfg.steps:
         x = sampler.sample(cfg.batch_size).to(device)
-        with torch.autocast(device_type=device.split(":")[0], dtype=torch.bfloat16, enabled=use_bf16):
+        with _autocast(device, use_bf16):
             raw = net(x)
             y = straight_through_clamp(raw)
             feats_y = vgg(y)
             with torch.no_grad():
                 feats_x = vgg(x)
-        terms = {
-            "content": L.content_loss(feats_y, feats_x),
-            "style": L.style_loss(feats_y, target),
-            "tv": L.tv_loss(y.float()),
-            "range": L.range_loss(raw.float()),
-        }
-        total = (cfg.content_weight * terms["content"] + cfg.style_weight * terms["style"]
-                 + cfg.tv_weight * terms["tv"] + cfg.range_weight * terms["range"])
-        opt.zero_grad(set_to_none=True)
-        total.backward()
-        opt.step()
-        step += 1
-        for k, v in dict(terms, total=total).items():
-            v = float(v.detach())
-            ema[k] = v if k not in ema else 0.98 * ema[k] + 0.02 * v
-        bar.update(1)
-        bar.set_postfix({k: f"{v:.3g}" for k, v in ema.items()})
-        now = time.monotonic()
-        if (cfg.checkpoint_every_steps and step % cfg.checkpoint_every_steps == 0) or (
-            not cfg.checkpoint_every_steps and now - last_ckpt >= cfg.checkpoint_every_s
-        ):
-            checkpoint()
-            last_ckpt = now
+        terms = _perceptual_terms(feats_y, feats_x, target, y, raw)
+        now = run.update(terms, _weighted_total(terms, loss_weights), bar)
         if now - last_sample >= cfg.sample_every_s:
             net.eval()
             sample_grid(net, photos, samples_path)
             net.train()
             last_sample = now
     bar.close()
-    checkpoint()
+    run.checkpoint()
     net.eval()
     sample_grid(net, photos, samples_path)
 
@@ -305,19 +353,271 @@ def train(cfg: TrainConfig, *, restart: bool = False, progress: bool = True, log
         "style_image_sha256_16": style_hash,
         "training_data": {"folders": [f"{p.parent.name}/{p.name}" for p in data_folders(cfg.data)],
                           "images": len(files)},
-        "steps": step,
-        "train_time_s": round(time.monotonic() - t_start, 1),
+        "steps": run.step,
+        "train_time_s": round(run.elapsed(), 1),
         "bf16_autocast": use_bf16,
         "loss_network": weights.source,
         "losses": {
             "content_layers": list(L.CONTENT_LAYERS),
             "style_layers": list(L.STYLE_LAYERS),
-            "normalization": "relative: per-layer squared error / target energy; Gram normalized by C*H*W",
-            "weights": {"content": cfg.content_weight, "style": cfg.style_weight, "tv": cfg.tv_weight,
-                        "range": cfg.range_weight},
-            "final_ema": {k: round(v, 5) for k, v in ema.items()},
+            "normalization": NORMALIZATION,
+            "weights": loss_weights,
+            "final_ema": {k: round(v, 5) for k, v in run.ema.items()},
         },
         "config": cfg.card_fields(),
-        "trained_at": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "trained_at": _now_utc(),
+    }
+    return save_style_model(out, net, card)
+
+
+NORMALIZATION = "relative: per-layer squared error / target energy; Gram normalized by C*H*W"
+
+
+def _now_utc() -> str:
+    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+# ---------------------------------------------------------------- video phase (flow-recurrent)
+
+#: Output temporal weight, with content weight 1, in our relative units. Ruder et al.'s fast
+#: variant weighs pixel MSE on 0-255 pixels 50 against content 1 on raw relu3_3 features;
+#: converted that is 50 * 255^2 / 3 / E with E the mean squared relu3_3 activation: 1.6e4 on
+#: the HED trunk (E = 68 at 256 px, measured), ~2e3 for E ~ 500. We take the low end: the
+#: loss of an image-phase model on our pairs is ~1.5e-3 (mostly the detail a bilinear warp
+#: loses, which the net must restore), so 2e3 puts it at ~3, beside content + style.
+DEFAULT_TEMPORAL_WEIGHT = 2e3
+RECURRENT_CHANNELS = 7  # frame, warped previous output, mask
+
+
+@dataclass
+class VideoTrainConfig:
+    init: str  # image-phase checkpoint (3 channels), or a flow-recurrent one to continue from
+    out: str
+    data: tuple[str, ...] | list[str] | str | None = None  # content photos; None: the init card's folders
+    videos: tuple[str, ...] | list[str] | str | None = None  # clip folders; None: ../shared/data/videos if present
+    style: str | None = None  # None: the style image named in the init card
+    style_size: int | None = None  # None: the init card's
+    image_size: int = 256
+    batch_size: int = 4
+    steps: int = 2000
+    lr: float = 2e-4  # fine-tuning: below the image phase's 1e-3
+    temporal_weight: float = DEFAULT_TEMPORAL_WEIGHT  # output-level (ReCoNet, luminance-compensated)
+    temporal_feature_weight: float = 0.0  # feature-level on encoder outputs (ReCoNet); off by default
+    first_frame_fraction: float = 0.25  # samples trained as shot starts (zeros in the extra channels)
+    mix: tuple[float, float] = (3, 1)  # synthetic : real-clip pairs
+    pairs_per_clip: int = 16  # real pairs cached in memory per clip
+    flow_preset: str = "medium"  # DIS preset for the real clips (the renderer's default)
+    content_weight: float | None = None  # None: the init card's weights
+    style_weight: float | None = None
+    tv_weight: float | None = None
+    range_weight: float | None = None
+    bf16: bool | None = None
+    seed: int = 0
+    checkpoint_every_s: float = 120.0
+    checkpoint_every_steps: int = 0
+    vgg: str | None = None
+    device: str = "cpu"
+
+    def card_fields(self) -> dict:
+        return asdict(self)
+
+
+def extend_input_channels(net: TransformerNet, in_channels: int = RECURRENT_CHANNELS) -> TransformerNet:
+    """A copy of ``net`` with more input channels whose weights start at zero.
+
+    The copy then computes exactly what ``net`` does whatever the new channels
+    hold, so fine-tuning starts from the per-frame model (Ruder et al. init).
+    """
+    new = TransformerNet(replace(net.config, in_channels=in_channels))
+    old = net.state_dict()
+    state = {}
+    for k, v in new.state_dict().items():
+        w = old[k]
+        if w.shape != v.shape:  # the first conv: (out, in, kh, kw), grown along the input axis
+            grown = torch.zeros_like(v)
+            grown[:, :w.shape[1]] = w
+            w = grown
+        state[k] = w
+    new.load_state_dict(state)
+    return new
+
+
+def load_recurrent_init(path: str | Path) -> tuple[TransformerNet, dict]:
+    """The net to fine-tune: a per-frame checkpoint grown to 7 channels, or a 7-channel one as is."""
+    from .checkpoint import load_style_model
+
+    net, card = load_style_model(path)
+    channels = net.config.in_channels
+    if channels == 3:
+        net = extend_input_channels(net)
+    elif channels != RECURRENT_CHANNELS:
+        raise InputError(f"{path}: a {channels}-channel model cannot initialise a flow-recurrent one")
+    return net, card
+
+
+def _card_setting(value, card: dict, *path, what: str):
+    """``value`` unless None, else the init card's setting at ``path``."""
+    if value is not None:
+        return value
+    d = card
+    for k in path:
+        d = d.get(k) if isinstance(d, dict) else None
+    if d is None:
+        raise InputError(f"the init checkpoint's card does not record its {what}; pass it explicitly")
+    return d
+
+
+def _video_folders(videos) -> list[Path]:
+    from .video_data import DEFAULT_VIDEOS, list_videos
+
+    if videos is None:
+        return list_videos(DEFAULT_VIDEOS) if DEFAULT_VIDEOS.is_dir() else []
+    return list_videos(videos)
+
+
+def _resize_flow(flow: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """(N, 2, H, W) flow averaged down to ``size`` (h, w), vectors rescaled to the new pixel units."""
+    h, w = flow.shape[-2:]
+    out = F.interpolate(flow, size=size, mode="area")
+    scale = torch.tensor([size[1] / w, size[0] / h], dtype=out.dtype, device=out.device).view(1, 2, 1, 1)
+    return out * scale
+
+
+def _quantize(img: torch.Tensor) -> torch.Tensor:
+    """[0, 1] image rounded to uint8 levels, as the stylizer carries its previous output."""
+    return torch.floor(img.float().clamp(0, 1) * 255.0 + 0.5) / 255.0
+
+
+def train_video(cfg: VideoTrainConfig, *, restart: bool = False, progress: bool = True, log=print) -> Path:
+    """Fine-tune a per-frame model into a flow-recurrent one (Ruder et al. fast variant). Returns the checkpoint.
+
+    Each step: O_{t-1} = net([I_{t-1}, 0, 0]) (shot-start mode, no gradient,
+    rounded to uint8 levels as at render time), then
+    O_t = net([I_t, M * W(O_{t-1}), M]) with W the backward warp and M frame
+    t's reliability; losses on O_t: content + style (+ TV, range) as in the
+    image phase, plus ReCoNet's luminance-compensated output temporal loss
+    (and optionally the feature-level one). A fraction of the samples runs
+    O_t in shot-start mode (M = 0) so the net keeps working at cuts.
+    """
+    from tqdm import tqdm
+
+    from pipeline.flow import warp_torch
+    from pipeline.memtune import tune_malloc
+
+    from .video_data import ClipPairs, PairSampler, recurrent_input
+
+    tune_malloc()
+    net, init_card = load_recurrent_init(cfg.init)
+    init_hash = file_digest(cfg.init)
+    data = _card_setting(cfg.data, init_card, "config", "data", what="content data folders")
+    files = list_images(data)
+    style_path = _card_setting(cfg.style, init_card, "config", "style", what="style image")
+    style_size = _card_setting(cfg.style_size, init_card, "config", "style_size", what="style size")
+    style_img = load_rgb(style_path, max_side=style_size)
+    loss_weights = {k: _card_setting(getattr(cfg, f"{k}_weight"), init_card, "losses", "weights", k,
+                                     what=f"{k} loss weight")
+                    for k in ("content", "style", "tv", "range")}
+    loss_weights["temporal"] = cfg.temporal_weight
+    loss_weights["temporal_feature"] = cfg.temporal_feature_weight
+    if not 0.0 <= cfg.first_frame_fraction <= 1.0:
+        raise InputError(f"first_frame_fraction must be in [0, 1], not {cfg.first_frame_fraction}")
+    out = _prepare_output(cfg.out)
+    videos = _video_folders(cfg.videos)
+    torch.manual_seed(cfg.seed)
+    device = cfg.device
+    use_bf16 = bf16_supported(device) if cfg.bf16 is None else cfg.bf16
+    vgg, weights, target = _loss_setup(style_img, cfg.vgg, device)
+    if weights.source != init_card.get("loss_network", weights.source):
+        log(f"note: the init model was trained with {init_card['loss_network']}, this run uses {weights.source}")
+
+    net = net.to(device)
+    opt = torch.optim.Adam(net.parameters(), lr=cfg.lr)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    clips = None
+    if videos and cfg.mix[1] > 0:
+        clips = ClipPairs(videos, cfg.image_size, pairs_per_clip=cfg.pairs_per_clip, seed=cfg.seed,
+                          flow_preset=cfg.flow_preset, log=log)
+    elif cfg.mix[1] > 0:
+        log("no real clips found: training on synthetic motion only")
+    sampler = PairSampler(files, cfg.image_size, gen, clips=clips, mix=tuple(cfg.mix))
+
+    style_hash = file_digest(style_path)
+    identity = {"init": init_hash, "style": style_hash, "image_size": cfg.image_size,
+                "batch_size": cfg.batch_size, "seed": cfg.seed, "mix": list(cfg.mix),
+                "first_frame_fraction": cfg.first_frame_fraction,
+                "videos": [p.name for p in videos], "pairs_per_clip": cfg.pairs_per_clip}
+    run = _Run(out, net, opt, gen, identity, restart=restart, log=log,
+               every_s=cfg.checkpoint_every_s, every_steps=cfg.checkpoint_every_steps)
+    run.start_clock()
+
+    bar = tqdm(total=cfg.steps, initial=run.step, disable=not progress,
+               desc=f"train --video {Path(style_path).stem}", dynamic_ncols=True)
+    net.train()
+    while run.step < cfg.steps:
+        b = sampler.sample(cfg.batch_size).to(device)
+        zeros = torch.zeros_like(b.mask)
+        with torch.no_grad(), _autocast(device, use_bf16):
+            f_prev = net.encode(recurrent_input(b.prev, torch.zeros_like(b.prev), zeros))
+            out_prev = _quantize(net.decode(f_prev))
+        warped_prev = warp_torch(out_prev, b.backward)
+        # Shot-start samples see zeros in the extra channels and get no temporal loss.
+        recurrent = (torch.rand(b.mask.shape[0], generator=gen) >= cfg.first_frame_fraction)
+        mask = b.mask * recurrent.to(b.mask).view(-1, 1, 1, 1)
+        with _autocast(device, use_bf16):
+            f_cur = net.encode(recurrent_input(b.cur, warped_prev, mask))
+            raw = net.decode(f_cur)
+            y = straight_through_clamp(raw)
+            feats_y = vgg(y)
+            with torch.no_grad():
+                feats_x = vgg(b.cur)
+        terms = _perceptual_terms(feats_y, feats_x, target, y, raw)
+        terms["temporal"] = L.temporal_output_loss(y.float(), warped_prev, b.cur,
+                                                   warp_torch(b.prev, b.backward), mask)
+        if cfg.temporal_feature_weight:
+            flow = _resize_flow(b.backward, tuple(f_cur.shape[-2:]))
+            terms["temporal_feature"] = L.temporal_feature_loss(f_cur, warp_torch(f_prev.float(), flow), mask)
+        run.update(terms, _weighted_total(terms, loss_weights), bar)
+    bar.close()
+    run.checkpoint()
+    net.eval()
+
+    card = {
+        "name": out.stem,
+        "kind": "style-transfer",
+        "method": "flow-recurrent",
+        "method_detail": ("Ruder et al. fast variant: 7-channel input [frame, mask * warped previous output, "
+                          "mask], fine-tuned from a per-frame model; ReCoNet output temporal loss with the "
+                          "luminance constraint"),
+        "init_checkpoint": Path(cfg.init).name,
+        "init_checkpoint_sha256_16": init_hash,
+        "style_image": Path(style_path).name,
+        "style_image_sha256_16": style_hash,
+        "training_data": {
+            "folders": [f"{p.parent.name}/{p.name}" for p in data_folders(data)],
+            "images": len(files),
+            "videos": clips.clips if clips is not None else [],
+            "video_pairs": len(clips) if clips is not None else 0,
+            "mix": {"synthetic": cfg.mix[0], "video": cfg.mix[1] if clips is not None else 0},
+            "synthetic_motion": "affine camera (shift <= 10 px @256, zoom 0.95-1.05, rotation <= 3 deg) "
+                                "+ pasted moving patch; exact flow",
+            "video_flow": f"DIS {cfg.flow_preset} + reliability mask",
+        },
+        "first_frame_fraction": cfg.first_frame_fraction,
+        "steps": run.step,
+        "train_time_s": round(run.elapsed(), 1),
+        "bf16_autocast": use_bf16,
+        "loss_network": weights.source,
+        "losses": {
+            "content_layers": list(L.CONTENT_LAYERS),
+            "style_layers": list(L.STYLE_LAYERS),
+            "normalization": NORMALIZATION,
+            "temporal_normalization": ("output: squared error summed over RGB, mean over pixels and batch "
+                                       "(pixels in [0, 1]); feature: mean over C*H*W and batch"),
+            "weights": loss_weights,
+            "final_ema": {k: round(v, 5) for k, v in run.ema.items()},
+        },
+        # Resolved settings, so this checkpoint can itself be the init of a further run.
+        "config": dict(cfg.card_fields(), data=data, style=style_path, style_size=style_size),
+        "trained_at": _now_utc(),
     }
     return save_style_model(out, net, card)

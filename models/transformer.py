@@ -24,11 +24,11 @@ class TransformerConfig:
     base_channels: int = 32  # 32 -> 32/64/128 as in Johnson et al.
     residual_blocks: int = 5
     in_channels: int = 3
-    # "frn": filter response normalization + TLU (Singh & Krishnan 2020). Instance
-    # norm lets the net plant bright/dark "bubbles" that steer the per-image
-    # statistics (seen here in training, and reported by ReCoNet's reimplementation);
-    # FRN has no mean subtraction to exploit that way. "instance" is kept for comparison.
-    norm: str = "frn"
+    # Affine instance norm. The "bubble" artefacts seen with it here came from a
+    # saturating output layer (sigmoid) rather than from the norm: with a linear
+    # output and a straight-through clamp they did not appear. FRN+TLU (tried as
+    # ReCoNet's reimplementation suggests) collapsed to flat images in a 300-step A/B.
+    norm: str = "instance"
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -47,29 +47,10 @@ SIZES = {
 }
 
 
-class FRN(nn.Module):
-    """Filter response normalization, optionally followed by a thresholded linear unit."""
-
-    def __init__(self, channels: int, tlu: bool = True, eps: float = 1e-6):
-        super().__init__()
-        self.gamma = nn.Parameter(torch.ones(1, channels, 1, 1))
-        self.beta = nn.Parameter(torch.zeros(1, channels, 1, 1))
-        self.tau = nn.Parameter(torch.zeros(1, channels, 1, 1)) if tlu else None
-        self.eps = eps
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        nu2 = x.float().pow(2).mean(dim=(2, 3), keepdim=True)
-        x = x * torch.rsqrt(nu2 + self.eps).to(x.dtype)
-        y = self.gamma * x + self.beta
-        return torch.maximum(y, self.tau) if self.tau is not None else y
-
-
 def _norm_act(channels: int, kind: str, activation: bool = True) -> list[nn.Module]:
-    """Normalization (+ ReLU, or TLU for FRN) as a list of modules."""
+    """Normalization (+ ReLU) as a list of modules."""
     if kind == "instance":
         return [nn.InstanceNorm2d(channels, affine=True)] + ([nn.ReLU(inplace=True)] if activation else [])
-    if kind == "frn":
-        return [FRN(channels, tlu=activation)]
     raise ValueError(f"unknown normalization {kind!r}")
 
 

@@ -149,4 +149,4 @@ class PerFrameStylizer:
 
 
 # Methods in their own modules register themselves on import.
-from . import flow_blend  # noqa: E402,F401
+from . import flow_blend, flow_recurrent  # noqa: E402,F401

@@ -1,0 +1,85 @@
+"""Flow-recurrent stylization (Ruder et al. 2018, fast variant).
+
+A 7-channel net sees [frame t, mask * warped previous output, mask]: the
+previous stylized frame, pulled into frame t's geometry by the backward flow,
+tells it what to keep so static and smoothly moving content stops flickering;
+the reliability mask tells it where that prediction is void (disocclusions,
+motion boundaries). At a shot start both extra parts are zero.
+
+The previous output is carried as the uint8 frame that was written, so a shot
+rendered in chunks equals the shot rendered in one piece, bit for bit.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .errors import InputError
+from .flow import warp
+from .stylize import CarryState, NetRunner, register
+
+RECURRENT_CHANNELS = 7
+
+
+def _to_tensor(img: np.ndarray, scale: float) -> torch.Tensor:
+    """(H, W) or (H, W, C) array -> (1, C, H, W) float32 divided by ``scale``."""
+    t = torch.from_numpy(np.ascontiguousarray(img, dtype=np.float32))
+    t = t[..., None] if t.dim() == 2 else t
+    return t.permute(2, 0, 1)[None].div_(scale)
+
+
+@register("flow-recurrent")
+class FlowRecurrentStylizer:
+    """Each frame from itself and the flow-warped previous output (needs a `train --video` model)."""
+
+    needs_flow = True
+
+    def __init__(self, model_path: str | Path, *, device: str = "cpu", precision: str = "fp32", batch: int = 1):
+        # ``batch`` is accepted for a uniform interface; frames depend on each other, so it is 1.
+        self.run = NetRunner(model_path, device=device, precision=precision, batch=1)
+        channels = self.run.card.get("architecture", {}).get("in_channels", 3)
+        if channels != RECURRENT_CHANNELS:
+            style = self.run.card.get("name") or Path(model_path).stem
+            raise InputError(f"style {style} is a per-frame model; flow-recurrent needs a model trained "
+                             "with `filmstyle train --video`")
+        self.model_hash = self.run.model_hash
+        from models.video_data import recurrent_input  # the input layout training used
+
+        self._input = recurrent_input
+
+    def params(self) -> dict:
+        return {"method": self.name, "model": self.model_hash, "precision": self.run.precision}
+
+    @torch.inference_mode()
+    def _frame(self, frame: np.ndarray, prev_out: np.ndarray | None, pair) -> np.ndarray:
+        """Stylize one uint8 frame given the previous uint8 output (None at a shot start)."""
+        x = _to_tensor(frame, 255.0)
+        if prev_out is None:
+            warped, mask = torch.zeros_like(x), torch.zeros_like(x[:, :1])
+        else:
+            _, backward, reliable = pair
+            warped = _to_tensor(warp(prev_out.astype(np.float32), backward), 255.0)
+            mask = _to_tensor(reliable, 1.0)
+        run = self.run
+        x = self._input(x, warped, mask).to(run.device).contiguous(memory_format=torch.channels_last)
+        with torch.autocast(device_type=run.device.split(":")[0], dtype=torch.bfloat16,
+                            enabled=run.precision == "bf16"):
+            y = run.net.stylize(x)
+        # Same rounding as NetRunner: this uint8 frame is both the output and the next frame's input.
+        y = y.float().mul_(255.0).add_(0.5).clamp_(0, 255).to(torch.uint8)
+        return y[0].permute(1, 2, 0).cpu().numpy()
+
+    def stylize(self, frames, first_index, state=None, flow=None):
+        if flow is None:
+            raise ValueError("flow-recurrent needs optical flow (a FlowSource) for its frames")
+        if state is not None and state.next_frame != first_index:
+            raise ValueError(f"carry state precedes frame {state.next_frame}, not {first_index}")
+        prev = state.last_output if state is not None else None
+        out = np.empty_like(frames)
+        for i, frame in enumerate(frames):
+            # The pair (t-1, t) is only needed when there is a previous output: never at a shot start.
+            pair = flow.pair(first_index + i) if prev is not None else None
+            out[i] = prev = self._frame(frame, prev, pair)
+        return out, CarryState(first_index + len(frames), out[-1].copy(), frames[-1].copy())

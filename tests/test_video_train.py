@@ -1,0 +1,236 @@
+"""Video phase: training pairs, temporal losses, 7-channel init, train_video resume, flow-recurrent stylizer."""
+from __future__ import annotations
+
+from fractions import Fraction
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import load_file
+
+from models import losses as L
+from models.checkpoint import load_style_model, save_style_model
+from models.train import VideoTrainConfig, load_recurrent_init, train_video
+from models.transformer import TransformerConfig, TransformerNet
+from models.video_data import ClipPairs, PairSampler, SyntheticPairs, list_videos
+from pipeline.errors import InputError
+from pipeline.flow import FlowPair, reliability_mask, warp_torch
+from pipeline.flow_recurrent import FlowRecurrentStylizer
+from pipeline.stylize import CarryState
+from pipeline.synthetic import camera_move
+
+TINY = TransformerConfig(base_channels=8, residual_blocks=1)
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    """Three small photos, a style image and a short panning clip with exact motion."""
+    from skimage import data as sk
+
+    root = tmp_path_factory.mktemp("video_train")
+    photos = root / "photos"
+    photos.mkdir()
+    for name in ("astronaut", "chelsea", "coffee"):
+        Image.fromarray(getattr(sk, name)()).resize((96, 64)).save(photos / f"{name}.png")
+    style = root / "style.jpg"
+    Image.fromarray(sk.rocket()).save(style)
+    clips = root / "clips"
+    clips.mkdir()
+    from pipeline.media import SegmentWriter
+
+    frames, _ = camera_move("astronaut", 12, (96, 64), "pan", 0.3)
+    with SegmentWriter(clips / "pan.mp4", Fraction(24), (96, 64), crf=10, preset="ultrafast") as w:
+        w.write(frames)
+    return root, photos, style, clips
+
+
+def _checkpoint(path, in_channels: int, style=None, photos=None, seed: int = 0):
+    """A random tiny net saved with a card like the image trainer's."""
+    torch.manual_seed(seed)
+    net = TransformerNet(TransformerConfig(8, 1, in_channels))
+    card = {"name": path.stem, "method": "test", "loss_network": "test",
+            "config": {"style": str(style), "data": str(photos), "style_size": 64},
+            "losses": {"weights": {"content": 1.0, "style": 1.0, "tv": 0.1, "range": 1.0}}}
+    return save_style_model(path, net, card)
+
+
+def _masked_error(a, b, mask):
+    return float(((a - b).abs() * mask).sum() / (mask.sum() * a.shape[1]))
+
+
+# ---------------------------------------------------------------- data
+
+
+def test_synthetic_pairs_have_exact_flow(data):
+    _, photos, _, _ = data
+    import cv2
+
+    from models.train import list_images, load_rgb
+
+    files = list_images(photos)
+    batch = PairSampler(files, 48, torch.Generator().manual_seed(1), mix=(1, 0)).sample(8)
+    assert batch.prev.shape == batch.cur.shape == (8, 3, 48, 48)
+    assert batch.backward.shape == (8, 2, 48, 48) and batch.mask.shape == (8, 1, 48, 48)
+    assert 0.3 < float(batch.mask.mean()) < 0.999, "the moving patch and the camera move must occlude something"
+
+    # One frame of each pair is a plain crop, the other resampled. Where frame t-1 is the crop,
+    # warping it reproduces frame t to float precision; the other way round only a bilinear
+    # resampling's softness remains (small on smooth photos).
+    smooth = SyntheticPairs(files, 48, load=lambda p: cv2.GaussianBlur(load_rgb(p), (0, 0), 1.5))
+    g = torch.Generator().manual_seed(1)
+    errors = []
+    for _ in range(8):
+        prev, cur, backward, mask = (torch.from_numpy(np.ascontiguousarray(a)) for a in smooth.sample(g))
+        prev, cur, backward = (t.permute(2, 0, 1)[None] for t in (prev, cur, backward))
+        warped = _masked_error(warp_torch(prev, backward), cur, mask)
+        unwarped = _masked_error(prev, cur, mask)
+        assert warped < 0.25 * unwarped, (warped, unwarped)
+        errors.append(warped)
+    assert min(errors) < 1e-5, errors
+
+
+def test_sampler_is_deterministic_in_its_generator(data):
+    _, photos, _, _ = data
+    from models.train import list_images
+
+    files = list_images(photos)
+    a = PairSampler(files, 32, torch.Generator().manual_seed(3), mix=(1, 0)).sample(2)
+    b = PairSampler(files, 32, torch.Generator().manual_seed(3), mix=(1, 0)).sample(2)
+    assert all(torch.equal(x, y) for x, y in zip(vars(a).values(), vars(b).values()))
+
+
+def test_clip_pairs_have_dis_flow_and_mask(data):
+    _, photos, _, clips = data
+    from models.train import list_images
+
+    pairs = ClipPairs(list_videos(clips), 48, pairs_per_clip=4, log=lambda *_: None)
+    assert len(pairs) >= 3 and pairs.clips == ["pan.mp4"]
+    batch = PairSampler(list_images(photos), 48, torch.Generator().manual_seed(0), clips=pairs,
+                        mix=(0, 1)).sample(4)
+    m = batch.mask
+    assert float(m.mean()) > 0.5
+    warped = _masked_error(warp_torch(batch.prev, batch.backward), batch.cur, m)
+    unwarped = _masked_error(batch.prev, batch.cur, m)
+    assert warped < 0.5 * unwarped, (warped, unwarped)
+
+
+# ---------------------------------------------------------------- losses
+
+
+def test_temporal_output_loss_zero_when_warped_and_luminance_compensated():
+    g = torch.Generator().manual_seed(0)
+    out_prev, in_prev = torch.rand(2, 3, 16, 16, generator=g), torch.rand(2, 3, 16, 16, generator=g)
+    mask = torch.ones(2, 1, 16, 16)
+    assert float(L.temporal_output_loss(out_prev, out_prev, in_prev, in_prev, mask)) == 0.0
+    # A global light change of the input that the output follows costs (almost) nothing...
+    brighter = L.temporal_output_loss(out_prev + 0.1, out_prev, in_prev + 0.1, in_prev, mask)
+    assert float(brighter) < 1e-10
+    # ...while the same output change without the input's is penalized: 3 channels * 0.1^2.
+    assert float(L.temporal_output_loss(out_prev + 0.1, out_prev, in_prev, in_prev, mask)) == pytest.approx(0.03)
+    # Masked pixels cost nothing; normalization is by pixels, not by mask area.
+    half = mask.clone()
+    half[..., 8:] = 0
+    assert float(L.temporal_output_loss(out_prev + 0.1, out_prev, in_prev, in_prev, half)) == pytest.approx(0.015)
+
+
+def test_temporal_feature_loss_resizes_mask():
+    f = torch.rand(1, 4, 8, 8)
+    mask = torch.zeros(1, 1, 32, 32)
+    assert float(L.temporal_feature_loss(f + 1, f, mask)) == 0.0
+    mask[..., :16] = 1
+    assert float(L.temporal_feature_loss(f + 1, f, mask)) == pytest.approx(0.5)
+
+
+# ---------------------------------------------------------------- 7-channel init and training
+
+
+def test_extended_checkpoint_reproduces_per_frame_output(tmp_path):
+    path = _checkpoint(tmp_path / "perframe.safetensors", 3)
+    net3, _ = load_style_model(path)
+    net7, _ = load_recurrent_init(path)
+    assert net7.config.in_channels == 7
+    x = torch.rand(2, 3, 36, 44)
+    extra = torch.cat([torch.rand(2, 3, 36, 44), (torch.rand(2, 1, 36, 44) > 0.5).float()], dim=1)
+    with torch.no_grad():
+        expected = net3.stylize(x)
+        assert torch.equal(net7.stylize(torch.cat([x, torch.zeros_like(extra)], 1)), expected)
+        assert torch.equal(net7.stylize(torch.cat([x, extra], 1)), expected)  # new channels ignored at step 0
+
+
+def _video_cfg(root, init, out, steps, **kw):
+    return VideoTrainConfig(init=str(init), out=str(out), videos=str(root / "clips"), image_size=32,
+                            batch_size=2, steps=steps, pairs_per_clip=3, checkpoint_every_steps=2,
+                            temporal_feature_weight=1.0, bf16=False, **kw)
+
+
+def test_train_video_writes_checkpoint_and_resumes_exactly(tmp_path, data):
+    root, photos, style, _ = data
+    init = _checkpoint(tmp_path / "init.safetensors", 3, style, photos)
+    quiet = {"progress": False, "log": lambda *_: None}
+
+    straight = tmp_path / "straight.safetensors"
+    train_video(_video_cfg(root, init, straight, 4), **quiet)
+    net, card = load_style_model(straight)
+    assert net.config.in_channels == 7 and card["method"] == "flow-recurrent"
+    assert card["steps"] == 4 and card["init_checkpoint_sha256_16"]
+    assert card["losses"]["weights"]["temporal"] > 0 and card["training_data"]["videos"] == ["pan.mp4"]
+    assert {"temporal", "temporal_feature", "content", "style"} <= set(card["losses"]["final_ema"])
+
+    stopped = tmp_path / "stopped.safetensors"
+    train_video(_video_cfg(root, init, stopped, 2), **quiet)  # stops after 2 steps...
+    logs = []
+    train_video(_video_cfg(root, init, stopped, 4), progress=False, log=logs.append)  # ...and goes on
+    assert any("resuming from step 2" in line for line in logs)
+    a = load_file(str(straight.with_name(straight.name + ".state.safetensors")))
+    b = load_file(str(stopped.with_name(stopped.name + ".state.safetensors")))
+    assert a.keys() == b.keys()
+    for k in a:
+        if k.startswith(("model.", "opt.")):
+            assert torch.equal(a[k], b[k]), f"{k} differs after resume"
+
+    # A flow-recurrent checkpoint can be fine-tuned further: its card holds the resolved data and style.
+    more = train_video(_video_cfg(root, straight, tmp_path / "more.safetensors", 1), **quiet)
+    assert load_style_model(more)[1]["init_checkpoint"] == "straight.safetensors"
+
+
+# ---------------------------------------------------------------- stylizer
+
+
+class ExactFlow:
+    """A FlowSource over exact synthetic flow: a pan is a pure translation, so backward = -forward."""
+
+    def __init__(self, forward_flows: np.ndarray):
+        self.forward = forward_flows
+        self.asked: list[int] = []
+
+    def pair(self, t: int) -> FlowPair:
+        self.asked.append(t)
+        fwd = self.forward[t - 1]
+        bwd = -fwd
+        return FlowPair(fwd, bwd, reliability_mask(fwd, bwd))
+
+
+def test_flow_recurrent_chunked_equals_unchunked(tmp_path):
+    path = _checkpoint(tmp_path / "recurrent.safetensors", 7, seed=1)
+    stylizer = FlowRecurrentStylizer(path)
+    frames, flows = camera_move("astronaut", 7, (48, 32), "pan", 0.4)
+    flow = ExactFlow(flows)
+
+    whole, end = stylizer.stylize(frames, 0, None, flow)
+    assert 0 not in flow.asked, "no flow is needed at a shot start"
+    first, state = stylizer.stylize(frames[:3], 0, None, flow)
+    state = CarryState.from_bytes(state.to_bytes())  # as stored between chunks
+    second, end2 = stylizer.stylize(frames[3:], 3, state, flow)
+    assert np.array_equal(np.concatenate([first, second]), whole)
+    assert np.array_equal(end.last_output, end2.last_output) and end2.next_frame == 7
+    # The carried output matters: the same frame as a shot start comes out differently.
+    as_start, _ = stylizer.stylize(frames[3:4], 3, None, flow)
+    assert not np.array_equal(as_start[0], whole[3])
+
+
+def test_flow_recurrent_refuses_per_frame_checkpoint(tmp_path):
+    path = _checkpoint(tmp_path / "starry.safetensors", 3)
+    with pytest.raises(InputError, match="style starry is a per-frame model; flow-recurrent needs a model "
+                                         "trained with `filmstyle train --video`"):
+        FlowRecurrentStylizer(path)
