@@ -1,0 +1,70 @@
+"""`pipeline.evaluate`: warping error with an independent flow, seams, style loss, plot."""
+from __future__ import annotations
+
+import json
+from fractions import Fraction
+
+import pytest
+import torch
+
+from models.checkpoint import save_style_model
+from models.transformer import TransformerConfig, TransformerNet
+from pipeline import evaluate as E, render as R
+from pipeline.errors import InputError
+from pipeline.synthetic import make_demo_clip
+
+
+@pytest.fixture(scope="module")
+def renders(tmp_path_factory):
+    d = tmp_path_factory.mktemp("eval")
+    torch.manual_seed(0)
+    style = str(save_style_model(d / "s.safetensors", TransformerNet(TransformerConfig(8, 1)), {"name": "s"}))
+    clip = str(make_demo_clip(d / "clip.mp4", width=160, height=90, fps=Fraction(24), seconds_per_shot=1,
+                              shots=("astronaut", "coffee")))
+    out = {}
+    for method in ("per-frame", "flow-blend"):
+        cfg = R.RenderConfig(input=clip, output=str(d / f"{method}.mp4"), style=style, method=method, width=96,
+                             chunk_frames=8, cache_dir=str(d / "cache"))
+        out[method] = R.render(cfg, progress=False, log=lambda m: None)
+    return clip, out
+
+
+def test_blend_scores_better_and_seams_are_measured(renders, tmp_path):
+    clip, reports = renders
+    res = {m: E.evaluate(r.output, clip, width=96, shot_starts=[0, 24], chunk_starts=[0, 8, 16, 24, 32, 40])
+           for m, r in reports.items()}
+    assert 24 not in res["per-frame"].per_frame  # no pair across the cut
+    assert len(res["per-frame"].per_frame) == 46
+    assert res["flow-blend"].warping_error < 0.6 * res["per-frame"].warping_error
+    seam = res["flow-blend"].seam
+    assert seam["boundary"] > 0 and seam["interior"] > 0
+    plot = tmp_path / "p.png"
+    E.plot(res["flow-blend"], str(plot), shot_starts=[24], chunk_starts=[8, 16, 32, 40])
+    assert plot.stat().st_size > 1000
+    d = json.loads(res["flow-blend"].to_json())
+    assert d["frames"] == 48 and d["flow_backend"] == "farneback"
+
+
+def test_style_loss_against_an_image(renders):
+    from skimage import data
+    from PIL import Image
+    clip, reports = renders
+    import tempfile, os
+    with tempfile.TemporaryDirectory() as tmp:
+        img = os.path.join(tmp, "style.png")
+        Image.fromarray(data.rocket()).save(img)
+        s, c, s0 = E.style_losses(E._frames(E.media.probe(reports["per-frame"].output), (96, 54)),
+                                  E._frames(E.media.probe(clip), (96, 54)), img, samples=4)
+    assert s > 0 and c > 0 and s0 > 0
+
+
+def test_frame_count_mismatch(renders, tmp_path):
+    clip, reports = renders
+    short = tmp_path / "short.mp4"
+    from pipeline import media
+    info = media.probe(clip)
+    with media.SegmentWriter(short, info.fps, (160, 90)) as w:
+        for f in media.decode_frames(info, 0, 10, (160, 90)):
+            w.write(f)
+    with pytest.raises(InputError, match="frames"):
+        E.evaluate(str(short), clip)
