@@ -1,0 +1,133 @@
+"""Temporal stability vs style strength of the stylization methods, measured as the field does.
+
+1. Sintel (../shared/data/flow/sintel, 5 sequences of 4 frames): the frames are
+   stylized by each method at working width 640 (flow for the flow methods from
+   DIS, as a render computes it); the warping error of the pair (2, 3) is
+   measured with the GROUND-TRUTH flow and occlusion masks at full resolution.
+2. A real clip (default ../shared/data/videos/imageio_cockatoo_yuv420.mp4,
+   handheld): rendered end to end by each method; warping error with
+   Farneback flow (not the DIS flow the renderer used), seam error, style loss.
+
+    .venv/bin/python benchmarks/temporal_quality.py --style starry_night [--methods per-frame flow-blend]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks.common import ROOT, shared_video  # noqa: E402
+
+SINTEL = ROOT.parent / "shared" / "data" / "flow" / "sintel"
+
+
+class _PairSource:
+    """FlowSource over frames in memory (what a render's flow stage would give)."""
+
+    def __init__(self, frames, backend):
+        from pipeline.flow import compute_pair
+
+        self.pairs = {t: compute_pair(backend, frames[t - 1], frames[t]) for t in range(1, len(frames))}
+
+    def pair(self, t):
+        return self.pairs[t]
+
+
+def sintel(methods: list[str], style: str, width: int) -> dict:
+    import cv2
+    from PIL import Image
+
+    from models.checkpoint import resolve_style
+    from pipeline.evaluate import style_losses
+    from pipeline.flow import make_flow_backend
+    from pipeline.metrics import read_flo, warping_error
+    from pipeline.stylize import make_stylizer
+
+    dis = make_flow_backend("dis", preset="medium")
+    results = {m: {"warping_error": [], "style_loss": [], "content_loss": []} for m in methods}
+    for seq in sorted(p for p in SINTEL.iterdir() if (p / "gt" / "frame_0002.flo").exists()):
+        full = [np.asarray(Image.open(seq / f"frame_{i:04d}.png").convert("RGB")) for i in range(1, 5)]
+        h, w = full[0].shape[:2]
+        size = (width, round(width * h / w / 2) * 2)
+        small = np.stack([cv2.resize(f, size, interpolation=cv2.INTER_AREA) for f in full])
+        flow = _PairSource(small, dis)
+        gt = read_flo(seq / "gt" / "frame_0002.flo")
+        occluded = np.asarray(Image.open(seq / "gt" / "occlusions" / "frame_0002.png").convert("L")) > 127
+        invalid_path = seq / "gt" / "invalid" / "frame_0002.png"
+        invalid = (np.asarray(Image.open(invalid_path).convert("L")) > 127) if invalid_path.exists() else False
+        mask = (~occluded & ~invalid).astype(np.float32)
+        for m in methods:
+            stylizer = make_stylizer(m, resolve_style(style))
+            out, _ = stylizer.stylize(small, 0, None, flow=flow if stylizer.needs_flow else None)
+            big = [cv2.resize(o, (w, h), interpolation=cv2.INTER_CUBIC) for o in out]
+            # frames 2 and 3 (indices 1, 2): GT flow 2 -> 3, mask on frame 2's pixels
+            results[m]["warping_error"].append(warping_error(big[1:3], [gt], [mask])["mean"])
+            s, c, _ = style_losses(out, small, style, samples=4)
+            results[m]["style_loss"].append(s)
+            results[m]["content_loss"].append(c)
+    return {m: {k: float(np.mean(v)) for k, v in r.items()} for m, r in results.items()}
+
+
+def real_clip(methods: list[str], style: str, width: int, clip: Path, frames: int) -> dict:
+    from benchmarks.common import trimmed_copy
+    from pipeline.evaluate import evaluate
+    from pipeline.render import RenderConfig, render
+
+    results = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        src = trimmed_copy(clip, frames, tmp / "clip.mp4") if frames else clip
+        for m in methods:
+            cfg = RenderConfig(input=str(src), output=str(tmp / f"{m}.mp4"), style=style, method=m, width=width,
+                               cache_dir=str(tmp / "cache"), keep_work=False)
+            report = render(cfg, progress=False, log=lambda msg: None)
+            chunk_starts = report.__dict__.get("chunk_starts") or []
+            shot_starts = report.__dict__.get("shot_starts") or [0]
+            r = evaluate(str(tmp / f"{m}.mp4"), str(src), width=width, shot_starts=shot_starts,
+                         chunk_starts=chunk_starts, style=style)
+            results[m] = {"warping_error": r.warping_error, "style_loss": r.style_loss,
+                          "content_loss": r.content_loss, "seam": r.seam, "render_s": report.wall_seconds}
+    return results
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--style", default="starry_night")
+    ap.add_argument("--methods", nargs="+", default=["per-frame", "flow-blend", "flow-recurrent"])
+    ap.add_argument("--width", type=int, default=640)
+    ap.add_argument("--clip", default=None)
+    ap.add_argument("--frames", type=int, default=0, help="use only the first N frames of the clip (0: all)")
+    ap.add_argument("--json", default=None)
+    args = ap.parse_args()
+
+    from pipeline.memtune import tune_malloc
+
+    tune_malloc()
+    clip = Path(args.clip) if args.clip else shared_video("imageio_cockatoo_yuv420.mp4")
+    out = {"sintel": sintel(args.methods, args.style, args.width),
+           "clip": real_clip(args.methods, args.style, args.width, clip, args.frames)}
+    for name, rows in out.items():
+        base = rows.get("per-frame", {})
+        print(f"\n{name} ({'ground-truth flow' if name == 'sintel' else clip.name + ', Farneback flow'})")
+        print("| method | warping error | vs per-frame | style loss | vs per-frame | content loss |")
+        print("|---|---|---|---|---|---|")
+        for m, r in rows.items():
+            we = r["warping_error"] / base["warping_error"] if base else float("nan")
+            sl = r["style_loss"] / base["style_loss"] - 1 if base else float("nan")
+            print(f"| {m} | {r['warping_error']:.5f} | {we:.2f}x | {r['style_loss']:.3f} | {sl:+.1%} | "
+                  f"{r['content_loss']:.3f} |")
+            if r.get("seam"):
+                print(f"|  seams | boundary {r['seam']['boundary']:.5f} | interior {r['seam']['interior']:.5f} | "
+                      f"ratio {r['seam']['ratio']:.2f} | | |")
+    if args.json:
+        Path(args.json).write_text(json.dumps(out, indent=2))
+
+
+if __name__ == "__main__":
+    main()
