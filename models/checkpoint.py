@@ -38,7 +38,8 @@ def save_style_model(path: str | Path, net: TransformerNet, card: dict, *, dtype
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     card = dict(card, architecture=net.config.to_dict(), dtype=str(dtype).removeprefix("torch."))
-    tensors = {k: v.detach().to(dtype).contiguous() for k, v in net.state_dict().items()}
+    tensors = {k: (v.detach().to(dtype) if v.is_floating_point() else v.detach()).contiguous()
+               for k, v in net.state_dict().items()}
     tmp = path.with_name(path.name + ".part")
     save_file(tensors, str(tmp), metadata={CARD_KEY: json.dumps(card, sort_keys=True)})
     os.chmod(tmp, 0o644)  # safetensors creates files 0600; checkpoints are meant to be shared
@@ -107,7 +108,7 @@ def load_style_model(path: str | Path, device: str = "cpu") -> tuple[Transformer
             f"{path}: weights do not match the architecture in its card "
             f"({len(missing)} missing, {len(extra)} unexpected, {len(bad_shape)} mis-shaped, e.g. {detail})"
         )
-    net.load_state_dict({k: v.float() for k, v in state.items()})
+    net.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()})
     net.to(device).eval()
     return net, card
 

@@ -439,7 +439,7 @@ def extend_input_channels(net: TransformerNet, in_channels: int = RECURRENT_CHAN
             w = grown
         state[k] = w
     new.load_state_dict(state)
-    return new
+    return new.train(net.training)  # same mode: batch norm must use the same statistics
 
 
 def load_recurrent_init(path: str | Path) -> tuple[TransformerNet, dict]:

@@ -24,11 +24,13 @@ class TransformerConfig:
     base_channels: int = 32  # 32 -> 32/64/128 as in Johnson et al.
     residual_blocks: int = 5
     in_channels: int = 3
-    # Affine instance norm. The "bubble" artefacts seen with it here came from a
-    # saturating output layer (sigmoid) rather than from the norm: with a linear
-    # output and a straight-through clamp they did not appear. FRN+TLU (tried as
-    # ReCoNet's reimplementation suggests) collapsed to flat images in a 300-step A/B.
-    norm: str = "instance"
+    # "batch" (Johnson et al.'s original). With instance norm the net learned to plant
+    # bright or dark "bubbles" (with sigmoid and linear outputs alike): a spike that
+    # dominates a channel's per-image std scales the rest of that channel down, the
+    # droplet artefact StyleGAN2 describes. Batch statistics leave no such lever, and
+    # at inference the norm is a fixed affine map (frame-independent, chunk-exact).
+    # FRN+TLU, which ReCoNet's reimplementation suggests, collapsed to flat images here.
+    norm: str = "batch"
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -49,8 +51,11 @@ SIZES = {
 
 def _norm_act(channels: int, kind: str, activation: bool = True) -> list[nn.Module]:
     """Normalization (+ ReLU) as a list of modules."""
+    act = [nn.ReLU(inplace=True)] if activation else []
+    if kind == "batch":
+        return [nn.BatchNorm2d(channels)] + act
     if kind == "instance":
-        return [nn.InstanceNorm2d(channels, affine=True)] + ([nn.ReLU(inplace=True)] if activation else [])
+        return [nn.InstanceNorm2d(channels, affine=True)] + act
     raise ValueError(f"unknown normalization {kind!r}")
 
 
