@@ -42,7 +42,7 @@ class TrainConfig:
     batch_size: int = 4
     steps: int = 2000
     lr: float = 1e-3
-    content_weight: float = 1.0
+    content_weight: float = 3.0  # relative losses; 1.0 let bubbles form (see transformer.py)
     style_weight: float = 1.0
     tv_weight: float = 1e-1
     range_weight: float = 1.0  # penalty on raw outputs outside [0, 1] (the clamp is straight-through)

@@ -24,13 +24,12 @@ class TransformerConfig:
     base_channels: int = 32  # 32 -> 32/64/128 as in Johnson et al.
     residual_blocks: int = 5
     in_channels: int = 3
-    # "batch" (Johnson et al.'s original). With instance norm the net learned to plant
-    # bright or dark "bubbles" (with sigmoid and linear outputs alike): a spike that
-    # dominates a channel's per-image std scales the rest of that channel down, the
-    # droplet artefact StyleGAN2 describes. Batch statistics leave no such lever, and
-    # at inference the norm is a fixed affine map (frame-independent, chunk-exact).
-    # FRN+TLU, which ReCoNet's reimplementation suggests, collapsed to flat images here.
-    norm: str = "batch"
+    # Affine instance norm ("batch" also available). With a weak content term the
+    # net planted bright or dark "bubbles" (sigmoid and linear outputs alike) that
+    # steer a channel's per-image statistics; a content weight of 3 (relative losses)
+    # removed them in a 300-step A/B. FRN+TLU, which ReCoNet's reimplementation
+    # suggests, collapsed to flat images here; batch norm washed colours out.
+    norm: str = "instance"
 
     def to_dict(self) -> dict:
         return asdict(self)
