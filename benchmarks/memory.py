@@ -50,7 +50,8 @@ def main() -> None:
         for label, clip in (("1x", src), (f"{args.loops}x", looped)):
             frames = probe(clip).frame_count
             cmd = [sys.executable, "-m", "pipeline.cli", "render", str(clip), "-o", str(tmp / f"{label}.mp4"),
-                   "--style", style, "--width", str(args.width), "-q", "--cache-dir", str(tmp / "cache")]
+                   "--style", style, "--width", str(args.width), "-q", "--cache-dir", str(tmp / "cache"),
+                   "--engine", "local"]
             results[label] = {"frames": frames, "peak_rss_mb": round(peak_rss_mb(cmd), 1)}
             print(f"{label}: {frames} frames, peak RSS {results[label]['peak_rss_mb']} MB")
     a, b = results["1x"]["peak_rss_mb"], results[f"{args.loops}x"]["peak_rss_mb"]

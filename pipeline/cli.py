@@ -33,28 +33,55 @@ def _add_shot_options(p: argparse.ArgumentParser) -> None:
                    help="shortest allowed shot in frames (default: 15)")
 
 
-def build_parser() -> argparse.ArgumentParser:
+def _add_flow_options(p: argparse.ArgumentParser, d, *, blend: bool = True) -> None:
     from .flow import FLOW_BACKENDS
+
+    g = p.add_argument_group("temporal consistency (flow-blend, flow-recurrent)" if blend else "optical flow")
+    g.add_argument("--flow-backend", default=d.flow_backend, choices=sorted(FLOW_BACKENDS),
+                   help=f"optical flow backend (default: {d.flow_backend})")
+    g.add_argument("--flow-preset", default=d.flow_preset, choices=["ultrafast", "fast", "medium"],
+                   help=f"DIS preset (default: {d.flow_preset})")
+    g.add_argument("--flow-cache", default=None, metavar="URI",
+                   help="flow cache folder or s3:// URI, shared by restyles of the same film (default: "
+                        "CACHE/flow, or OUT's folder/.filmstyle/flow-cache for an s3:// OUT)")
+    g.add_argument("--soft-mask", action="store_true", help="soft occlusion mask instead of a hard one")
+    if blend:
+        g.add_argument("--strength", type=float, default=d.strength,
+                       help=f"flow-blend: weight of the warped previous output, 0-1 (default: {d.strength})")
+        g.add_argument("--refine", action="store_true", help="flow-blend: run the net again on the blended frame")
+
+
+def _add_engine_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("engine and storage")
+    g.add_argument("--engine", default="prefect", choices=["prefect", "local"],
+                   help="prefect: a Prefect flow on Ray (local Ray and Prefect unless told otherwise); "
+                        "local: everything in this process (default: prefect)")
+    g.add_argument("--ray-address", default=None, metavar="ADDR",
+                   help="join this Ray cluster (default: $RAY_ADDRESS, else a local Ray sized to this machine)")
+    g.add_argument("--s3-endpoint-url", default=None, metavar="URL",
+                   help="S3-compatible endpoint (default: $FILMSTYLE_S3_ENDPOINT_URL or $AWS_ENDPOINT_URL)")
+    g.add_argument("--s3-region", default=None, help="S3 region (default: $AWS_REGION / $AWS_DEFAULT_REGION)")
+    g.add_argument("--s3-profile", default=None, help="AWS profile for S3 (default: $AWS_PROFILE)")
+    g.add_argument("--s3-checksum", default=None, choices=["when_required", "when_supported"],
+                   help="request/response checksums; many S3-compatible stores need when_required "
+                        "(default: $FILMSTYLE_S3_CHECKSUM or when_required)")
+
+
+def _add_render_options(p: argparse.ArgumentParser, *, method_default: str, methods: list[str],
+                        style_required: bool = False) -> None:
     from .render import DEFAULT_STYLE, RenderConfig
-    from .stylize import METHODS
     from .upscale import UPSCALERS
 
-    parser = argparse.ArgumentParser(
-        prog="filmstyle", epilog=EPILOG,
-        description="Stylize whole films with neural style transfer: shots, chunks, temporal state, "
-                    "reassembly with the original audio.")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     d = RenderConfig("", "")
-
-    p = sub.add_parser("render", help="stylize a video", epilog=EPILOG,
-                       description="Render a stylized copy of IN to OUT, keeping frame rate, cuts, audio and "
-                                   "subtitles. Writes OUT.report.json with timings per stage.")
-    p.add_argument("input", metavar="IN", help="input video file")
-    p.add_argument("-o", "--output", required=True, metavar="OUT", help="output video (.mp4, .mkv, .mov)")
-    p.add_argument("--style", default=DEFAULT_STYLE, metavar="NAME_OR_PATH",
-                   help=f"shipped style name (see 'filmstyle styles') or a .safetensors checkpoint "
-                        f"(default: {DEFAULT_STYLE})")
-    p.add_argument("--method", default=d.method, choices=sorted(METHODS), help="stylization method")
+    p.add_argument("input", metavar="IN", help="input video file or s3:// URI")
+    p.add_argument("-o", "--output", required=True, metavar="OUT",
+                   help="output video (.mp4, .mkv, .mov), a path or s3:// URI")
+    p.add_argument("--style", default=None if style_required else DEFAULT_STYLE, required=style_required,
+                   metavar="NAME_OR_PATH",
+                   help="shipped style name (see 'filmstyle styles') or a .safetensors checkpoint"
+                        + ("" if style_required else f" (default: {DEFAULT_STYLE})"))
+    p.add_argument("--method", default=method_default, choices=methods,
+                   help=f"stylization method (default: {method_default})")
     p.add_argument("--width", type=_positive_int, default=d.width, metavar="W",
                    help=f"working width the network runs at (default: {d.width})")
     p.add_argument("--out-width", type=_positive_int, default=None, metavar="W",
@@ -67,25 +94,68 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--precision", default=d.precision, choices=["fp32", "bf16"],
                    help="network arithmetic; bf16 is faster on CPUs with AVX-512 BF16 (default: fp32)")
     p.add_argument("--batch", type=_positive_int, default=d.batch, help="frames per network call")
-    p.add_argument("--threads", type=_positive_int, default=None, help="torch threads (default: all cores)")
-    p.add_argument("--workdir", default=None, help="folder for segments and carry states (default: in the cache)")
+    p.add_argument("--threads", type=_positive_int, default=None,
+                   help="torch threads: all cores (local engine), or per stylizer actor (prefect engine, "
+                        "default 1 on CPU: one actor per core)")
+    p.add_argument("--workdir", default=None, metavar="URI",
+                   help="folder or s3:// URI for segments and carry states (default: in the cache, or "
+                        "OUT's folder/.filmstyle/work for an s3:// OUT)")
     p.add_argument("--cache-dir", default=None, help="cache root (default: $FILMSTYLE_CACHE or ~/.cache/filmstyle)")
     p.add_argument("--keep-work", action="store_true", help="keep segments after assembling")
     p.add_argument("--report", default=None, metavar="PATH", help="report path (default: OUT.report.json)")
-    p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress output")
+    p.add_argument("-v", "--verbose", action="store_true", help="Prefect's and Ray's own logs too")
     _add_shot_options(p)
-    g = p.add_argument_group("temporal consistency (flow-blend, flow-recurrent)")
-    g.add_argument("--flow-backend", default=d.flow_backend, choices=sorted(FLOW_BACKENDS),
-                   help=f"optical flow backend (default: {d.flow_backend})")
-    g.add_argument("--flow-preset", default=d.flow_preset, choices=["ultrafast", "fast", "medium"],
-                   help=f"DIS preset (default: {d.flow_preset})")
-    g.add_argument("--flow-cache", default=None, metavar="URI",
-                   help="flow cache folder or s3:// URI, shared by restyles of the same film (default: CACHE/flow)")
-    g.add_argument("--soft-mask", action="store_true", help="soft occlusion mask instead of a hard one")
-    g.add_argument("--strength", type=float, default=d.strength,
-                   help=f"flow-blend: weight of the warped previous output, 0-1 (default: {d.strength})")
-    g.add_argument("--refine", action="store_true", help="flow-blend: run the net again on the blended frame")
+    _add_flow_options(p, d)
+    _add_engine_options(p)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from .render import RenderConfig
+    from .stylize import METHODS
+
+    parser = argparse.ArgumentParser(
+        prog="filmstyle", epilog=EPILOG,
+        description="Stylize whole films with neural style transfer: shots, chunks, temporal state, "
+                    "reassembly with the original audio.")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    d = RenderConfig("", "")
+
+    p = sub.add_parser("render", help="stylize a video", epilog=EPILOG,
+                       description="Render a stylized copy of IN to OUT, keeping frame rate, cuts, audio and "
+                                   "subtitles. Writes OUT.report.json with timings per stage. IN, OUT, "
+                                   "--flow-cache and --workdir may be s3:// URIs.")
+    _add_render_options(p, method_default=d.method, methods=sorted(METHODS))
     p.set_defaults(func=cmd_render)
+
+    flow_methods = sorted(m for m, cls in METHODS.items() if getattr(cls, "needs_flow", False))
+    p = sub.add_parser("restyle", help="render a film again in a new style, reusing its cached flow",
+                       epilog=EPILOG,
+                       description="Render IN with another style, reading the optical flow from the flow cache "
+                                   "filled by an earlier render or by 'filmstyle precompute-flow' (same input, "
+                                   "--width and flow options): no flow is computed when the cache is complete.")
+    _add_render_options(p, method_default="flow-blend" if "flow-blend" in flow_methods else flow_methods[0],
+                        methods=flow_methods, style_required=True)
+    p.set_defaults(func=cmd_restyle)
+
+    p = sub.add_parser("precompute-flow", help="fill the flow cache of a film ahead of rendering",
+                       epilog=EPILOG,
+                       description="Compute the optical flow of every consecutive pair inside each shot of IN at "
+                                   "the working width (all chunks in parallel) into the flow cache, so renders "
+                                   "and restyles of IN compute none.")
+    p.add_argument("input", metavar="IN", help="input video file or s3:// URI")
+    p.add_argument("--width", type=_positive_int, default=d.width, metavar="W",
+                   help=f"working width of the renders that will use it (default: {d.width})")
+    p.add_argument("--chunk-frames", type=_positive_int, default=d.chunk_frames, metavar="N",
+                   help=f"most frames per chunk, the unit of parallel work (default: {d.chunk_frames})")
+    p.add_argument("--workdir", default=None, metavar="URI", help="folder or s3:// URI for the job file")
+    p.add_argument("--cache-dir", default=None, help="cache root (default: $FILMSTYLE_CACHE or ~/.cache/filmstyle)")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress output")
+    p.add_argument("-v", "--verbose", action="store_true", help="Prefect's and Ray's own logs too")
+    _add_shot_options(p)
+    _add_flow_options(p, d, blend=False)
+    _add_engine_options(p)
+    p.set_defaults(func=cmd_precompute_flow)
 
     p = sub.add_parser("shots", help="print the shot list of a video", epilog=EPILOG,
                        description="Detect shots (hard cuts) with PySceneDetect and print them as frame ranges.")
@@ -108,12 +178,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_styles)
 
     p = sub.add_parser("train", help="train a style model", epilog=EPILOG,
-                       description="Train a feed-forward style model on a folder of content photos. "
+                       description="Train a feed-forward style model on a folder of content photos (image phase), "
+                                   "or with --video fine-tune it into a flow-recurrent model on frame pairs "
+                                   "(synthetic camera motion over the photos + real clips with DIS flow). "
                                    "Resumes automatically from OUT.state.safetensors if present.")
-    p.add_argument("--style", required=True, metavar="IMAGE", help="style image")
-    p.add_argument("--data", required=True, action="append", metavar="DIR",
-                   help="folder of content images (repeat for several)")
+    p.add_argument("--style", metavar="IMAGE", help="style image (required for the image phase)")
+    p.add_argument("--data", action="append", metavar="DIR",
+                   help="folder of content images, repeat for several (required for the image phase)")
     p.add_argument("--out", required=True, metavar="CKPT", help="output checkpoint (.safetensors)")
+    v = p.add_argument_group("video phase (flow-recurrent)")
+    v.add_argument("--video", action="store_true", help="train the flow-recurrent (7-channel) model")
+    v.add_argument("--init", metavar="CKPT", help="image-phase checkpoint to start from (required with --video)")
+    v.add_argument("--videos", action="append", metavar="DIR",
+                   help="folder of clips for real frame pairs (default: ../shared/data/videos when present)")
+    v.add_argument("--temporal-weight", type=float, default=None, help="output-level temporal loss weight")
     p.add_argument("--size", default="full", help="network size: full or student")
     p.add_argument("--steps", type=_positive_int, default=2000)
     p.add_argument("--batch-size", type=_positive_int, default=4)
@@ -134,24 +212,86 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def cmd_render(args) -> int:
-    from .render import RenderConfig, render
+def _s3_options(args) -> dict:
+    return {"s3_endpoint_url": args.s3_endpoint_url, "s3_region": args.s3_region, "s3_profile": args.s3_profile,
+            "s3_checksum": args.s3_checksum}
 
-    cfg = RenderConfig(
+
+def _render_config(args):
+    from .render import RenderConfig
+
+    return RenderConfig(
         input=args.input, output=args.output, style=args.style, method=args.method, width=args.width,
         out_width=args.out_width, chunk_frames=args.chunk_frames, upscaler=args.upscaler, crf=args.crf,
         preset=args.preset, precision=args.precision, batch=args.batch, detector=args.detector,
         threshold=args.threshold, min_shot_frames=args.min_shot_frames, workdir=args.workdir,
         cache_dir=args.cache_dir, keep_work=args.keep_work, threads=args.threads, report=args.report,
         flow_backend=args.flow_backend, flow_preset=args.flow_preset, flow_cache=args.flow_cache,
-        soft_mask=args.soft_mask, strength=args.strength, refine=args.refine)
-    report = render(cfg, progress=not args.quiet, log=lambda m: print(m, file=sys.stderr))
+        soft_mask=args.soft_mask, strength=args.strength, refine=args.refine, **_s3_options(args))
+
+
+def _log(args):
+    return (lambda m: None) if args.quiet else (lambda m: print(m, file=sys.stderr))
+
+
+def _print_report(report) -> None:
     stages = ", ".join(f"{k} {v:.1f}s" for k, v in report.stage_seconds.items())
-    print(f"wrote {report.output} ({report.frames} frames, {report.shots} shots, {report.chunks} chunks) "
+    resumed = f", {report.chunks_resumed} resumed" if report.chunks_resumed else ""
+    print(f"wrote {report.output} ({report.frames} frames, {report.shots} shots, {report.chunks} chunks{resumed}) "
           f"in {report.wall_seconds:.1f}s: {stages}")
     if report.flow:
         print(f"flow: {report.flow['pairs']} pairs, {report.flow['computed']} computed, "
               f"{report.flow['cache_hits']} from the cache ({report.flow['cache']})")
+    if report.workers:
+        w = report.workers
+        print(f"workers: {w.get('count')} {w.get('device')} actor(s) x {w.get('threads')} thread(s) "
+              f"on {len(w.get('nodes', []))} node(s)")
+
+
+def _run_render(args, kind: str) -> int:
+    from .render import RenderReport, preflight, render
+
+    cfg = _render_config(args)
+    if args.engine == "local":
+        report = render(cfg, progress=not args.quiet, log=_log(args))
+    else:
+        from flows.embedded import run, warm_up  # the orchestration layer, only for this engine
+
+        warm_up(cfg, verbose=args.verbose)  # Prefect's local server starts in the background
+        preflight(cfg)  # bad input fails here, in one line, before any work
+        report = RenderReport.from_dict(run(kind, cfg, ray_address=args.ray_address, verbose=args.verbose,
+                                            quiet=args.quiet))
+    _print_report(report)
+    return 0
+
+
+def cmd_render(args) -> int:
+    return _run_render(args, "render")
+
+
+def cmd_restyle(args) -> int:
+    return _run_render(args, "restyle")
+
+
+def cmd_precompute_flow(args) -> int:
+    from .render import RenderConfig, precompute_flow, preflight
+
+    cfg = RenderConfig(input=args.input, output="", width=args.width, chunk_frames=args.chunk_frames,
+                       detector=args.detector, threshold=args.threshold, min_shot_frames=args.min_shot_frames,
+                       workdir=args.workdir, cache_dir=args.cache_dir, flow_backend=args.flow_backend,
+                       flow_preset=args.flow_preset, flow_cache=args.flow_cache, soft_mask=args.soft_mask,
+                       **_s3_options(args))
+    if args.engine == "local":
+        result = precompute_flow(cfg, progress=not args.quiet, log=_log(args))
+    else:
+        from flows.embedded import run, warm_up
+
+        warm_up(cfg, verbose=args.verbose)
+        preflight(cfg, output=False, style=False)
+        result = run("precompute-flow", cfg, ray_address=args.ray_address, verbose=args.verbose, quiet=args.quiet)
+    flow = result["flow"]
+    print(f"flow of {result['input']}: {flow['pairs']} pairs in {result['chunks']} chunks, {flow['computed']} "
+          f"computed, {flow['cache_hits']} already cached ({flow['cache']}) in {result['wall_seconds']:.1f}s")
     return 0
 
 
@@ -203,6 +343,10 @@ def cmd_styles(args) -> int:
 def cmd_train(args) -> int:
     from models.train import TrainConfig, train
 
+    if args.video:
+        return _train_video(args)
+    if not args.style or not args.data:
+        raise FilmstyleError("train needs --style IMAGE and --data DIR (or --video --init CKPT)")
     cfg = TrainConfig(style=args.style, data=args.data, out=args.out, size=args.size, image_size=args.image_size,
                       style_size=args.style_size, batch_size=args.batch_size, steps=args.steps, lr=args.lr,
                       bf16={"auto": None, "on": True, "off": False}[args.bf16], seed=args.seed,
@@ -212,6 +356,24 @@ def cmd_train(args) -> int:
         if getattr(args, name) is not None:
             setattr(cfg, name, getattr(args, name))
     path = train(cfg, restart=args.restart, progress=not args.quiet, log=lambda m: print(m, file=sys.stderr))
+    print(f"wrote {path}")
+    return 0
+
+
+def _train_video(args) -> int:
+    from models.train import VideoTrainConfig, train_video
+
+    if not args.init:
+        raise FilmstyleError("train --video needs --init CKPT (an image-phase checkpoint)")
+    cfg = VideoTrainConfig(init=args.init, out=args.out, data=args.data, videos=args.videos, style=args.style,
+                           image_size=args.image_size, batch_size=args.batch_size, steps=args.steps,
+                           bf16={"auto": None, "on": True, "off": False}[args.bf16], seed=args.seed,
+                           checkpoint_every_s=args.checkpoint_every,
+                           checkpoint_every_steps=args.checkpoint_every_steps, vgg=args.vgg)
+    for name in ("content_weight", "style_weight", "tv_weight", "temporal_weight"):
+        if getattr(args, name) is not None:
+            setattr(cfg, name, getattr(args, name))
+    path = train_video(cfg, restart=args.restart, progress=not args.quiet, log=lambda m: print(m, file=sys.stderr))
     print(f"wrote {path}")
     return 0
 

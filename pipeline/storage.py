@@ -55,6 +55,16 @@ class Storage(Protocol):
     def open(self, key: str) -> BinaryIO: ...             # streaming read; KeyError if absent
     def child(self, prefix: str) -> "Storage": ...
     def local_path(self, key: str) -> str | None: ...     # a real file path when local, else None
+    def stat(self, key: str) -> "ObjectStat": ...         # size and version; KeyError if absent
+
+
+@dataclass(frozen=True)
+class ObjectStat:
+    """Size in bytes and a version tag that changes when the content does
+    (local: mtime in ns; S3: the ETag)."""
+
+    size: int
+    version: str
 
 
 # --------------------------------------------------------------------------- URIs and keys
@@ -187,6 +197,15 @@ class LocalStorage:
 
     def local_path(self, key: str) -> str | None:
         return self._path(key)
+
+    def stat(self, key: str) -> ObjectStat:
+        try:
+            st = os.stat(self._path(key))
+        except (FileNotFoundError, NotADirectoryError):
+            raise KeyError(key) from None
+        if not os.path.isfile(self._path(key)):
+            raise KeyError(key)
+        return ObjectStat(st.st_size, str(st.st_mtime_ns))
 
 
 # --------------------------------------------------------------------------- S3
@@ -418,6 +437,11 @@ class S3Storage:
     def local_path(self, key: str) -> str | None:
         return None
 
+    def stat(self, key: str) -> ObjectStat:
+        with self._errors("stat", key):
+            head = self._client.head_object(Bucket=self.bucket, Key=self._key(key))
+        return ObjectStat(int(head["ContentLength"]), str(head.get("ETag", "")).strip('"'))
+
 
 class _S3Reader(io.RawIOBase):
     """A GET stream that resumes with a ranged GET (If-Match the first ETag) when the connection
@@ -483,3 +507,42 @@ def open_storage(uri: str, config: S3Config | None = None) -> Storage:
     if parts[0] == "s3":
         return S3Storage(parts[1], parts[2], config)
     return LocalStorage(parts[1])
+
+
+def open_object(uri: str, config: S3Config | None = None) -> tuple[Storage, str]:
+    """The storage that holds the object at ``uri``, and its key there.
+
+    "/films/a.mp4" -> (LocalStorage("/films"), "a.mp4"); "s3://b/films/a.mp4" -> (S3Storage("b", "films"), "a.mp4").
+    """
+    parts = split_uri(uri)
+    if parts[0] == "s3":
+        prefix, _, name = parts[2].rpartition("/")
+        if not name:
+            raise StorageError(f"{uri}: names no object (use s3://bucket/path/name)")
+        return S3Storage(parts[1], prefix, config), name
+    path = os.path.abspath(parts[1])
+    return LocalStorage(os.path.dirname(path)), os.path.basename(path)
+
+
+def join_uri(base: str, *keys: str) -> str:
+    """``base`` (a path or URI) extended by '/'-separated keys."""
+    base = os.fspath(base)
+    for key in keys:
+        base = f"{base.rstrip('/')}/{key.strip('/')}" if "://" in base else os.path.join(base, key)
+    return base
+
+
+def parent_uri(uri: str) -> str:
+    """The folder (local) or prefix (S3) that holds the object at ``uri``."""
+    if is_remote(uri):
+        return uri.rstrip("/").rpartition("/")[0]
+    return os.path.dirname(os.path.abspath(split_uri(uri)[1]))
+
+
+def clear(storage: Storage) -> None:
+    """Delete everything under ``storage`` (a local folder is removed with its subfolders)."""
+    if isinstance(storage, LocalStorage):
+        shutil.rmtree(storage.root, ignore_errors=True)
+        return
+    for key in storage.list():
+        storage.delete(key)

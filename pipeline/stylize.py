@@ -65,6 +65,8 @@ class Stylizer(Protocol):
     name: str
     needs_flow: bool
     model_hash: str
+    # (optional) False when the output does not depend on the carry-in state; absent means True
+    carries_state: bool
 
     def stylize(self, frames: np.ndarray, first_index: int, state: CarryState | None,
                 flow: FlowSource | None = None) -> tuple[np.ndarray, CarryState]:
@@ -135,6 +137,7 @@ class PerFrameStylizer:
     """Each frame independently (the baseline; flickers on moving content)."""
 
     needs_flow = False
+    carries_state = False  # output ignores the carry-in state: chunks of a shot may run in parallel
 
     def __init__(self, model_path: str | Path, *, device: str = "cpu", precision: str = "fp32", batch: int = 1):
         self.run = NetRunner(model_path, device=device, precision=precision, batch=batch)

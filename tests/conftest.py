@@ -154,3 +154,65 @@ def s3_bucket(s3_server):
     name = f"test-{uuid.uuid4().hex[:12]}"
     boto3.client("s3", endpoint_url=s3_server).create_bucket(Bucket=name)
     return name
+
+
+# ---------------------------------------------------------------------------------------------
+# Orchestration fixtures (the Prefect + Ray engine: tests/test_orchestration*.py).
+# One Prefect test harness and one local Ray per session: the harness's temporary server takes
+# 5-11 s to start, Ray 2-3 s. Ray is started after the S3 fixture has set its credentials, so
+# Ray's worker processes inherit them. A multi-node module (``ray_cluster``) shuts the session's
+# Ray down and the next test that asks for ``ray_local`` starts it again.
+
+@pytest.fixture(scope="session")
+def prefect_harness():
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=90):
+        yield
+
+
+def _start_local_ray() -> None:
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="WARNING")
+
+
+@pytest.fixture(scope="session")
+def ray_session(s3_server):
+    """The session's local Ray (2 CPUs): returns a function that (re)starts it if needed."""
+    import ray
+
+    _start_local_ray()
+    yield _start_local_ray
+    ray.shutdown()
+
+
+@pytest.fixture
+def ray_local(ray_session):
+    """A local Ray for this test (the session's; restarted if a cluster module stopped it)."""
+    ray_session()
+
+
+@pytest.fixture(scope="module")
+def ray_cluster(s3_server):
+    """A head and two worker nodes on this machine (1 CPU each) for one module, joined by this
+    process; the session's local Ray (if any) is shut down first. Node failure is detected fast."""
+    from types import SimpleNamespace
+
+    import ray
+    from ray.cluster_utils import Cluster
+
+    ray.shutdown()
+    cluster = Cluster(initialize_head=True, head_node_args={
+        "num_cpus": 1, "include_dashboard": False,
+        "_system_config": {"health_check_period_ms": 500, "health_check_failure_threshold": 4,
+                           "health_check_initial_delay_ms": 0}})
+    workers = [cluster.add_node(num_cpus=1) for _ in range(2)]
+    cluster.wait_for_nodes()
+    ray.init(address=cluster.address, log_to_driver=False, logging_level="WARNING")
+    try:
+        yield SimpleNamespace(cluster=cluster, head=cluster.head_node, workers=workers)
+    finally:
+        ray.shutdown()
+        cluster.shutdown()

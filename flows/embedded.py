@@ -1,0 +1,178 @@
+"""Run the flows from the CLI on the embedded default: no server to start by hand.
+
+* Prefect: the API named by PREFECT_API_URL when one is configured (a server, Prefect Cloud, a
+  test harness); else Prefect's temporary local server, started here with its output sent to
+  CACHE/prefect-server.log so the terminal shows our progress, not the server's.
+* Ray: --ray-address / $RAY_ADDRESS, else a local Ray sized to the machine (started while the
+  Prefect server starts).
+* Output: one progress line per stage step on stderr; Prefect's own logging at WARNING (INFO
+  with -v), and its failure tracebacks dropped (the CLI prints a FilmstyleError as one line).
+
+Nothing here is imported by pipeline/: the CLI imports this module only for ``--engine prefect``.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import threading
+from contextlib import contextmanager
+from pathlib import Path
+
+from pipeline.errors import FilmstyleError
+
+
+def _prefect_env(verbose: bool) -> None:
+    """Settings Prefect reads when it is first imported (the user's own settings win)."""
+    os.environ.setdefault("PREFECT_LOGGING_LEVEL", "INFO" if verbose else "WARNING")
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    os.environ.setdefault("PREFECT_LOGGING_LOG_PRINTS", "false")
+
+
+class _DropRunFailures(logging.Filter):
+    """Drop Prefect's ERROR records about failed task/flow runs: the CLI reports the error itself."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.levelno >= logging.ERROR and record.name.startswith(("prefect.task_runs",
+                                                                                 "prefect.flow_runs")))
+
+
+def configure_output(*, verbose: bool, quiet: bool) -> None:
+    """Progress lines on stderr; Prefect's console quiet unless -v."""
+    ours = logging.getLogger("filmstyle")
+    ours.setLevel(logging.INFO)
+    if not verbose and not any(getattr(h, "_filmstyle", False) for h in ours.handlers):
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        handler.setLevel(logging.WARNING if quiet else logging.INFO)
+        handler._filmstyle = True
+        ours.addHandler(handler)
+        ours.propagate = False
+    if not verbose:
+        # Ray's notice that the local cluster it starts uses token authentication (the default).
+        logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
+        import prefect.main  # noqa: F401  (sets up Prefect's logging: its console handler is on the root logger)
+
+        names = ["", *[n for n in logging.root.manager.loggerDict if n.startswith("prefect")]]
+        for name in names:
+            for h in logging.getLogger(name).handlers:
+                if not any(isinstance(f, _DropRunFailures) for f in h.filters):
+                    h.addFilter(_DropRunFailures())
+
+
+@contextmanager
+def _fds_to(path: Path):
+    """Point fds 1 and 2 at ``path`` (children started inside inherit it), then restore them."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = [os.dup(1), os.dup(2)]
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    try:
+        os.dup2(fd, 1)
+        os.dup2(fd, 2)
+        yield
+    finally:
+        os.dup2(saved[0], 1)
+        os.dup2(saved[1], 2)
+        for f in (*saved, fd):
+            os.close(f)
+
+
+def _needs_server() -> bool:
+    from prefect.settings import get_current_settings
+
+    return not get_current_settings().api.url
+
+
+def _start_temporary_server(log_path: Path) -> None:
+    """Start Prefect's temporary server (the one it would start on first use) with its output in a log."""
+    from prefect.server.api.server import SubprocessASGIServer
+
+    server = SubprocessASGIServer()
+    if server.running:
+        return
+    launch = server._run_uvicorn_command
+
+    def quiet_launch():
+        with _fds_to(log_path):
+            return launch()
+
+    server._run_uvicorn_command = quiet_launch
+    server.start()
+
+
+def unwrap(e: BaseException) -> BaseException:
+    """The FilmstyleError behind Prefect's and Ray's wrappers, if there is one."""
+    seen = set()
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        if isinstance(e, FilmstyleError):
+            return e
+        cause = getattr(e, "cause", None)  # RayTaskError
+        e = cause if isinstance(cause, BaseException) else (e.__cause__ or e.__context__)
+    return e
+
+
+class _Server:
+    """Prefect's temporary server, starting in a background thread."""
+
+    def __init__(self, log_path: Path):
+        self.log_path, self.error = log_path, None
+        self.thread = threading.Thread(target=self._start, name="prefect-server", daemon=True)
+        self.thread.start()
+
+    def _start(self) -> None:
+        try:
+            _start_temporary_server(self.log_path)
+        except BaseException as e:  # reported by wait()
+            self.error = e
+
+    def wait(self) -> None:
+        self.thread.join()
+        if self.error is not None:
+            raise FilmstyleError(f"cannot start Prefect's local server: {self.error} (see {self.log_path})")
+
+
+_server: _Server | None = None
+
+
+def warm_up(cfg, *, verbose: bool = False) -> None:
+    """Start Prefect's temporary server now, in the background, if no API is configured (it takes
+    5-10 s: the CLI's checks, imports and Ray's start overlap with it)."""
+    global _server
+    from pipeline.render import cache_root
+
+    _prefect_env(verbose)
+    if _server is None and _needs_server():
+        log_path = cache_root(cfg.cache_dir) / "prefect-server.log"
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        _server = _Server(log_path)
+
+
+def run(kind: str, cfg, *, ray_address: str | None = None, verbose: bool = False, quiet: bool = False) -> dict:
+    """Run the ``render``, ``restyle`` or ``precompute-flow`` flow for ``cfg`` (a RenderConfig); returns
+    its report as a dict. A FilmstyleError from any task or worker is raised as itself."""
+    warm_up(cfg, verbose=verbose)
+    from flows import render as F
+    from tasks import ray_exec
+
+    configure_output(verbose=verbose, quiet=quiet)
+    try:
+        ray_exec.connect(ray_address, verbose=verbose)
+    finally:
+        if _server is not None:
+            _server.wait()
+    options = {k: v for k, v in cfg.to_dict().items() if k not in ("input", "output", "style")}
+    try:
+        if kind == "render":
+            return F.render_flow(cfg.input, cfg.output, cfg.style, options, ray_address)
+        if kind == "restyle":
+            return F.restyle_flow(cfg.input, cfg.output, cfg.style, options, ray_address)
+        if kind == "precompute-flow":
+            return F.precompute_flow(cfg.input, options, ray_address)
+        raise ValueError(f"unknown flow {kind!r}")
+    except Exception as e:
+        inner = unwrap(e)
+        if isinstance(inner, FilmstyleError) and inner is not e:
+            raise inner from None
+        raise
