@@ -172,6 +172,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("input", metavar="IN")
     p.set_defaults(func=cmd_probe)
 
+    p = sub.add_parser("eval", help="measure temporal stability and style of a render", epilog=EPILOG,
+                       description="Warping error (Lai et al.) of OUT against its source with a flow the render did "
+                                   "not use, seam error at chunk starts, style/content loss; writes JSON and a "
+                                   "per-frame plot. Shots, chunks, source and style come from OUT.report.json.")
+    p.add_argument("output", metavar="OUT", help="a rendered video")
+    p.add_argument("--source", default=None, help="the original video (default: from the report)")
+    p.add_argument("--report", default=None, help="render report (default: OUT.report.json)")
+    p.add_argument("--style", default=None, help="style name, checkpoint or image for the style loss "
+                                                 "(default: from the report; 'none' to skip)")
+    p.add_argument("--width", type=_positive_int, default=640, help="evaluation width (default: 640)")
+    p.add_argument("--flow-backend", default="farneback", help="flow for the metric (default: farneback; the "
+                                                               "renderer uses dis)")
+    p.add_argument("--json", default=None, metavar="PATH", help="default: OUT.eval.json")
+    p.add_argument("--plot", default=None, metavar="PATH", help="default: OUT.eval.png")
+    p.set_defaults(func=cmd_eval)
+
     p = sub.add_parser("styles", help="list the shipped styles", epilog=EPILOG,
                        description="List the shipped styles with their model cards.")
     p.add_argument("--json", action="store_true", help="print the full model cards as JSON")
@@ -319,6 +335,32 @@ def cmd_probe(args) -> int:
     d = info.to_dict()
     d["display_size"] = list(info.display_size)
     print(json.dumps(d, indent=2, default=str))
+    return 0
+
+
+def cmd_eval(args) -> int:
+    from .evaluate import evaluate, plot
+
+    report_path = Path(args.report or f"{args.output}.report.json")
+    report = json.loads(report_path.read_text()) if report_path.is_file() else {}
+    source = args.source or report.get("input")
+    if not source:
+        raise FilmstyleError(f"{args.output}: no --source given and no report at {report_path}")
+    style = args.style or report.get("style")
+    shots, chunks = report.get("shot_starts") or [0], report.get("chunk_starts") or []
+    result = evaluate(args.output, source, width=args.width, flow_backend=args.flow_backend, shot_starts=shots,
+                      chunk_starts=chunks, style=None if style in (None, "none") else style)
+    json_path, plot_path = args.json or f"{args.output}.eval.json", args.plot or f"{args.output}.eval.png"
+    Path(json_path).write_text(result.to_json())
+    plot(result, plot_path, shot_starts=[s for s in shots if s], chunk_starts=chunks)
+    line = f"warping error {result.warping_error:.5f} ({result.flow_backend} flow, {result.frames} frames)"
+    if result.seam:
+        line += f"; seams {result.seam['boundary']:.5f} vs inside {result.seam['interior']:.5f}"
+    if result.style_loss is not None:
+        line += (f"; style loss {result.style_loss:.3f} (source {result.style_loss_source:.3f}), "
+                 f"content loss {result.content_loss:.3f}")
+    print(line)
+    print(f"wrote {json_path} and {plot_path}")
     return 0
 
 

@@ -88,8 +88,10 @@ def style_losses(out: np.ndarray, src: np.ndarray, style: str, samples: int = 16
         style_img, style_size = path, 320
     else:
         card = read_card(resolve_style(style))
+        if not card.get("style_image"):
+            raise InputError(f"{style}: its model card names no style image; pass the style image itself")
         data = Path(__file__).resolve().parents[2] / "shared" / "data" / "styles"
-        style_img = Path(card.get("style_image_path") or data / card["style_image"])
+        style_img = data / card["style_image"]
         style_size = card.get("config", {}).get("style_size", 320)
     if not style_img.is_file():
         raise InputError(f"{style_img}: style image not found (needed for the style loss)")

@@ -14,7 +14,6 @@ the stream so.
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import operator
 import os
@@ -32,6 +31,7 @@ import numpy as np
 from pipeline import ffmpeg_tools as ft
 from pipeline.errors import FilmstyleError, InputError, OutputError
 from pipeline.ffmpeg_tools import ffmpeg_binary
+from pipeline.jsonfile import read_json_dict, write_json_atomic
 
 log = logging.getLogger(__name__)
 
@@ -598,7 +598,7 @@ def content_hash(path) -> str:
     if key in _HASH_MEMO:
         return _HASH_MEMO[key]
     sidecar = _cache_root() / "content-hashes.json"
-    table = _load_json(sidecar)
+    table = read_json_dict(sidecar)
     skey = f"{key[0]}|{key[1]}|{key[2]}"
     digest = table.get(skey)
     if digest is None:
@@ -608,25 +608,9 @@ def content_hash(path) -> str:
                 h.update(block)
         digest = h.hexdigest()
         table[skey] = digest
-        _save_json(sidecar, dict(list(table.items())[-_HASH_SIDECAR_MAX:]))
+        try:
+            write_json_atomic(sidecar, dict(list(table.items())[-_HASH_SIDECAR_MAX:]))
+        except OSError as e:  # a memo that cannot be written only costs time
+            log.debug("cannot write hash cache %s: %s", sidecar, e)
     _HASH_MEMO[key] = digest
     return digest
-
-
-def _load_json(path: Path) -> dict:
-    try:
-        data = json.loads(path.read_text())
-        return data if isinstance(data, dict) else {}
-    except (OSError, ValueError):
-        return {}
-
-
-def _save_json(path: Path, data: dict) -> None:
-    """Atomic replace: concurrent workers may race, but never leave a torn file."""
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}")
-        tmp.write_text(json.dumps(data))
-        os.replace(tmp, path)
-    except OSError as e:  # a cache that cannot be written only costs time
-        log.debug("cannot write hash cache %s: %s", path, e)

@@ -39,6 +39,7 @@ from pathlib import Path
 import numpy as np
 
 from . import media
+from .jsonfile import read_json_dict, write_json_atomic
 from .errors import InputError, OutputError
 from .flow import CachedFlowSource, FlowCache, compute_flows, make_flow_backend
 from .plan import Chunk, RenderPlan, flow_pairs, make_plan
@@ -211,7 +212,7 @@ def fetch_input(uri: str, s3: S3Config | None = None, cache_dir: str | None = No
     folder = cache_root(cache_dir) / "sources"
     ident = f"{uri}|{stat.size}|{stat.version}"
     with _node_lock(folder, uri):
-        index = _load_json(folder / "index.json")
+        index = read_json_dict(folder / "index.json")
         digest = index.get(ident)
         if digest and (folder / f"{digest}{_suffix(key)}").is_file():
             return str(folder / f"{digest}{_suffix(key)}")
@@ -224,7 +225,7 @@ def fetch_input(uri: str, s3: S3Config | None = None, cache_dir: str | None = No
         finally:
             tmp.unlink(missing_ok=True)
         index[ident] = digest
-        _save_json(folder / "index.json", dict(list(index.items())[-2000:]))
+        write_json_atomic(folder / "index.json", dict(list(index.items())[-2000:]))
     return str(final)
 
 
@@ -266,20 +267,6 @@ def node_file(uri: str, content_hash: str, s3: S3Config | None = None, cache_dir
         finally:
             tmp.unlink(missing_ok=True)
     return str(final)
-
-
-def _load_json(path: Path) -> dict:
-    try:
-        data = json.loads(path.read_text())
-        return data if isinstance(data, dict) else {}
-    except (OSError, ValueError):
-        return {}
-
-
-def _save_json(path: Path, data: dict) -> None:
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}")
-    tmp.write_text(json.dumps(data))
-    os.replace(tmp, path)
 
 
 # ---------------------------------------------------------------- stages
@@ -841,6 +828,8 @@ class RenderReport:
     model_card: dict = field(default_factory=dict)
     engine: str = "local"
     workers: dict = field(default_factory=dict)  # Ray engine: actors, threads, nodes
+    shot_starts: list = field(default_factory=list)  # first frame of each shot (for `filmstyle eval`)
+    chunk_starts: list = field(default_factory=list)  # first frame of each chunk (seams)
     chunk_nodes: dict = field(default_factory=dict)  # chunk id -> node that rendered it
     flow_nodes: dict = field(default_factory=dict)  # chunk id -> node that computed its flow
     preview: str | None = None
@@ -863,7 +852,8 @@ def make_report(job: RenderJob, *, resumed: int, flow: dict, stage_seconds: dict
         fps=str(plan.fps), duration_s=round(float(Fraction(plan.frame_count) / plan.fps), 3),
         working_size=plan.working_size, delivery_size=job.out_size, shots=len(plan.shots), chunks=len(plan.chunks),
         chunks_resumed=resumed, flow=flow, stage_seconds={k: round(v, 3) for k, v in stage_seconds.items()},
-        wall_seconds=round(wall, 3), model_card=job.model_card, engine=engine, work=job.work_uri, **extra)
+        wall_seconds=round(wall, 3), model_card=job.model_card, engine=engine, work=job.work_uri,
+        shot_starts=[s.start for s in plan.shots], chunk_starts=[c.start for c in plan.chunks], **extra)
 
 
 def write_report(job: RenderJob, report: RenderReport) -> str:

@@ -68,3 +68,18 @@ def test_frame_count_mismatch(renders, tmp_path):
             w.write(f)
     with pytest.raises(InputError, match="frames"):
         E.evaluate(str(short), clip)
+
+
+def test_eval_cli_reads_the_report(renders, tmp_path):
+    import subprocess
+    import sys
+
+    _, reports = renders
+    out = reports["flow-blend"].output
+    proc = subprocess.run([sys.executable, "-m", "pipeline.cli", "eval", out, "--width", "96", "--style", "none",
+                           "--json", str(tmp_path / "e.json"), "--plot", str(tmp_path / "e.png")],
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert "warping error" in proc.stdout and "seams" in proc.stdout
+    d = json.loads((tmp_path / "e.json").read_text())
+    assert d["seam"]["ratio"] > 0 and (tmp_path / "e.png").is_file()
