@@ -216,3 +216,44 @@ def ray_cluster(s3_server):
     finally:
         ray.shutdown()
         cluster.shutdown()
+
+
+# ---------------------------------------------------------------------------------------------
+# Tiny style checkpoints and synthetic clips shared by the render tests. A seeded
+# random-initialised small net proves the plumbing (frames, cuts, audio, state), not the look.
+
+@pytest.fixture(scope="session")
+def tiny_styles(tmp_path_factory) -> tuple[str, str]:
+    """Two different tiny style checkpoints (seeds 0 and 1)."""
+    import torch
+
+    from models.checkpoint import save_style_model
+    from models.transformer import TransformerConfig, TransformerNet
+
+    folder = tmp_path_factory.mktemp("tiny-styles")
+    paths = []
+    for seed in (0, 1):
+        torch.manual_seed(seed)
+        net = TransformerNet(TransformerConfig(base_channels=8, residual_blocks=1))
+        paths.append(str(save_style_model(folder / f"tiny{seed}.safetensors", net, {"name": f"tiny{seed}"})))
+    return tuple(paths)
+
+
+@pytest.fixture(scope="session")
+def demo_clip_factory(tmp_path_factory):
+    """make(shots, width, height, fps, seconds_per_shot) -> path of a cached synthetic demo clip."""
+    from fractions import Fraction
+
+    from pipeline.synthetic import make_demo_clip
+
+    made: dict[tuple, str] = {}
+
+    def make(shots=("astronaut", "coffee"), width=160, height=90, fps=Fraction(24), seconds_per_shot=1) -> str:
+        key = (tuple(shots), width, height, Fraction(fps), seconds_per_shot)
+        if key not in made:
+            out = tmp_path_factory.mktemp("demo-clip") / "demo.mp4"
+            made[key] = str(make_demo_clip(out, width=width, height=height, fps=Fraction(fps),
+                                           seconds_per_shot=seconds_per_shot, shots=tuple(shots)))
+        return made[key]
+
+    return make

@@ -19,11 +19,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 from faulty_proxy import FaultyProxy
-from models.checkpoint import save_style_model
-from models.transformer import TransformerConfig, TransformerNet
 from pipeline import media, render as R
 from pipeline.errors import InputError
 from pipeline.storage import S3Config, S3Storage
@@ -36,24 +33,14 @@ OPTS = {"width": 96, "chunk_frames": 8, "crf": 0, "method": "flow-blend"}
 PAIRS = 2 * (24 - 1)
 
 
-def _style(path, seed):
-    torch.manual_seed(seed)
-    net = TransformerNet(TransformerConfig(base_channels=8, residual_blocks=1))
-    return str(save_style_model(path, net, {"name": f"tiny{seed}"}))
+@pytest.fixture(scope="module")
+def styles(tiny_styles):
+    return tiny_styles
 
 
 @pytest.fixture(scope="module")
-def styles(tmp_path_factory):
-    d = tmp_path_factory.mktemp("styles")
-    return _style(d / "a.safetensors", 0), _style(d / "b.safetensors", 1)
-
-
-@pytest.fixture(scope="module")
-def clip(tmp_path_factory):
-    from pipeline.synthetic import make_demo_clip
-
-    return str(make_demo_clip(tmp_path_factory.mktemp("clip") / "demo.mp4", width=160, height=90, fps=FPS,
-                              seconds_per_shot=1, shots=("astronaut", "coffee")))
+def clip(demo_clip_factory):
+    return demo_clip_factory(("astronaut", "coffee"), fps=FPS)
 
 
 def _frames(path):

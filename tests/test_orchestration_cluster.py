@@ -10,10 +10,7 @@ from fractions import Fraction
 
 import numpy as np
 import pytest
-import torch
 
-from models.checkpoint import save_style_model
-from models.transformer import TransformerConfig, TransformerNet
 from pipeline import media, render as R
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("prefect_harness")]
@@ -24,18 +21,13 @@ OPTS = {"width": 96, "chunk_frames": 6, "crf": 0, "method": "flow-blend"}
 
 
 @pytest.fixture(scope="module")
-def style(tmp_path_factory):
-    torch.manual_seed(0)
-    net = TransformerNet(TransformerConfig(base_channels=8, residual_blocks=1))
-    return str(save_style_model(tmp_path_factory.mktemp("style") / "tiny.safetensors", net, {"name": "tiny"}))
+def style(tiny_styles):
+    return tiny_styles[0]
 
 
 @pytest.fixture(scope="module")
-def clip(tmp_path_factory):
-    from pipeline.synthetic import make_demo_clip
-
-    return str(make_demo_clip(tmp_path_factory.mktemp("clip") / "demo.mp4", width=160, height=90, fps=FPS,
-                              seconds_per_shot=1, shots=("astronaut", "coffee", "chelsea")))
+def clip(demo_clip_factory):
+    return demo_clip_factory(("astronaut", "coffee", "chelsea"), fps=FPS)
 
 
 def _frames(path):

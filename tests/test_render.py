@@ -14,29 +14,24 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
-from models.checkpoint import save_style_model
-from models.transformer import TransformerConfig, TransformerNet
 from pipeline import media, render as R
-from pipeline.synthetic import demo_shot_bounds, make_demo_clip
+from pipeline.synthetic import demo_shot_bounds
 
 FPS = Fraction(24)
 SHOT_SECONDS = 1
 
 
 @pytest.fixture(scope="module")
-def tiny_style(tmp_path_factory):
-    torch.manual_seed(0)
-    net = TransformerNet(TransformerConfig(base_channels=8, residual_blocks=1))
-    return str(save_style_model(tmp_path_factory.mktemp("style") / "tiny.safetensors", net, {"name": "tiny"}))
+def tiny_style(tiny_styles):
+    return tiny_styles[0]
 
 
 @pytest.fixture(scope="module")
-def demo_clip(tmp_path_factory):
+def demo_clip(demo_clip_factory):
     """Three shots of one second (pan, zoom, rotate) with hard cuts and an AAC track."""
-    return str(make_demo_clip(tmp_path_factory.mktemp("clip") / "demo.mp4", width=192, height=108, fps=FPS,
-                              seconds_per_shot=SHOT_SECONDS, shots=("astronaut", "coffee", "chelsea")))
+    return demo_clip_factory(("astronaut", "coffee", "chelsea"), width=192, height=108, fps=FPS,
+                             seconds_per_shot=SHOT_SECONDS)
 
 
 def _cfg(src, out, style, tmp, **kw):

@@ -5,34 +5,23 @@ from fractions import Fraction
 
 import numpy as np
 import pytest
-import torch
 
-from models.checkpoint import save_style_model
-from models.transformer import TransformerConfig, TransformerNet
 from pipeline import media, render as R
 from pipeline.metrics import warping_error
-from pipeline.synthetic import demo_shot_bounds, make_demo_clip
+from pipeline.synthetic import demo_shot_bounds
 from pipeline.storage import open_storage
 
 FPS = Fraction(24)
 
 
-def _style(path, seed):
-    torch.manual_seed(seed)
-    net = TransformerNet(TransformerConfig(base_channels=8, residual_blocks=1))
-    return str(save_style_model(path, net, {"name": f"tiny{seed}"}))
+@pytest.fixture(scope="module")
+def styles(tiny_styles):
+    return tiny_styles
 
 
 @pytest.fixture(scope="module")
-def styles(tmp_path_factory):
-    d = tmp_path_factory.mktemp("styles")
-    return _style(d / "a.safetensors", 0), _style(d / "b.safetensors", 1)
-
-
-@pytest.fixture(scope="module")
-def clip(tmp_path_factory):
-    return str(make_demo_clip(tmp_path_factory.mktemp("clip") / "demo.mp4", width=160, height=90, fps=FPS,
-                              seconds_per_shot=1, shots=("astronaut", "coffee")))
+def clip(demo_clip_factory):
+    return demo_clip_factory(("astronaut", "coffee"))
 
 
 def _render(clip, out, style, tmp, **kw):
