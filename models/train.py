@@ -287,6 +287,24 @@ def _autocast(device: str, enabled: bool):
     return torch.autocast(device_type=device.split(":")[0], dtype=torch.bfloat16, enabled=enabled)
 
 
+def _run_card(run, use_bf16: bool, weights, loss_weights: dict, **loss_notes) -> dict:
+    """Model-card fields every training phase records: steps, time, precision, loss network, losses."""
+    return {
+        "steps": run.step,
+        "train_time_s": round(run.elapsed(), 1),
+        "bf16_autocast": use_bf16,
+        "loss_network": weights.source,
+        "losses": {
+            "content_layers": list(L.CONTENT_LAYERS),
+            "style_layers": list(L.STYLE_LAYERS),
+            "normalization": NORMALIZATION,
+            **loss_notes,
+            "weights": loss_weights,
+            "final_ema": {k: round(v, 5) for k, v in run.ema.items()},
+        },
+    }
+
+
 def train(cfg: TrainConfig, *, restart: bool = False, progress: bool = True, log=print) -> Path:
     """Train (or resume) and write the style checkpoint to ``cfg.out``. Returns its path."""
     from tqdm import tqdm
@@ -353,17 +371,7 @@ def train(cfg: TrainConfig, *, restart: bool = False, progress: bool = True, log
         "style_image_sha256_16": style_hash,
         "training_data": {"folders": [f"{p.parent.name}/{p.name}" for p in data_folders(cfg.data)],
                           "images": len(files)},
-        "steps": run.step,
-        "train_time_s": round(run.elapsed(), 1),
-        "bf16_autocast": use_bf16,
-        "loss_network": weights.source,
-        "losses": {
-            "content_layers": list(L.CONTENT_LAYERS),
-            "style_layers": list(L.STYLE_LAYERS),
-            "normalization": NORMALIZATION,
-            "weights": loss_weights,
-            "final_ema": {k: round(v, 5) for k, v in run.ema.items()},
-        },
+        **_run_card(run, use_bf16, weights, loss_weights),
         "config": cfg.card_fields(),
         "trained_at": _now_utc(),
     }
@@ -603,19 +611,9 @@ def train_video(cfg: VideoTrainConfig, *, restart: bool = False, progress: bool 
             "video_flow": f"DIS {cfg.flow_preset} + reliability mask",
         },
         "first_frame_fraction": cfg.first_frame_fraction,
-        "steps": run.step,
-        "train_time_s": round(run.elapsed(), 1),
-        "bf16_autocast": use_bf16,
-        "loss_network": weights.source,
-        "losses": {
-            "content_layers": list(L.CONTENT_LAYERS),
-            "style_layers": list(L.STYLE_LAYERS),
-            "normalization": NORMALIZATION,
-            "temporal_normalization": ("output: squared error summed over RGB, mean over pixels and batch "
-                                       "(pixels in [0, 1]); feature: mean over C*H*W and batch"),
-            "weights": loss_weights,
-            "final_ema": {k: round(v, 5) for k, v in run.ema.items()},
-        },
+        **_run_card(run, use_bf16, weights, loss_weights, temporal_normalization=(
+            "output: squared error summed over RGB, mean over pixels and batch (pixels in [0, 1]); "
+            "feature: mean over C*H*W and batch")),
         # Resolved settings, so this checkpoint can itself be the init of a further run.
         "config": dict(cfg.card_fields(), data=data, style=style_path, style_size=style_size),
         "trained_at": _now_utc(),
