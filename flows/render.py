@@ -130,14 +130,13 @@ def _stylize_stage(job: R.RenderJob, todo: list, pool) -> tuple[dict, dict]:
     return nodes, seconds.seconds
 
 
-def run_render(cfg: R.RenderConfig, ray_address: str | None = None, *, restyle: bool = False) -> dict:
-    """The body of the render and restyle flows (call it inside a flow)."""
-    t0 = time.perf_counter()
-    timer = R.StageTimer()
+def _open_job(cfg: R.RenderConfig, ray_address: str | None, timer: R.StageTimer, *,
+              with_style: bool) -> tuple[str, R.RenderJob]:
+    """Join Ray, probe, detect shots, plan and register the job: the opening of every flow."""
     config = cfg.to_dict()
     cluster = ray_exec.connect(ray_address)
     with timer("probe"):
-        style_path = T.check(config)
+        style_path = T.check(config) if with_style else None
         source = T.probe(config)
     with timer("shots"):
         shot_list = T.shots(config, source)
@@ -145,6 +144,14 @@ def run_render(cfg: R.RenderConfig, ray_address: str | None = None, *, restyle: 
     job = T.get_job(job_uri)
     say(R.describe(job))
     ray_exec.register_job(job)
+    return job_uri, job
+
+
+def run_render(cfg: R.RenderConfig, ray_address: str | None = None, *, restyle: bool = False) -> dict:
+    """The body of the render and restyle flows (call it inside a flow)."""
+    t0 = time.perf_counter()
+    timer = R.StageTimer()
+    job_uri, job = _open_job(cfg, ray_address, timer, with_style=True)
     try:
         flow, flow_nodes = {}, {}
         if job.needs_flow:
@@ -203,15 +210,7 @@ def restyle_flow(input: str, output: str, style: str, options: dict | None = Non
 def precompute_flow(input: str, options: dict | None = None, ray_address: str | None = None) -> dict:
     """Fill the flow cache for INPUT at the working width in ``options`` (all chunks in parallel)."""
     t0 = time.perf_counter()
-    cfg = _config(input, "", None, options)
-    config = cfg.to_dict()
-    cluster = ray_exec.connect(ray_address)
-    source = T.probe(config)
-    shot_list = T.shots(config, source)
-    job_uri = T.plan(config, source, shot_list, None, share_files=cluster["nodes"] > 1)
-    job = T.get_job(job_uri)
-    say(R.describe(job))
-    ray_exec.register_job(job)
+    job_uri, job = _open_job(_config(input, "", None, options), ray_address, R.StageTimer(), with_style=False)
     try:
         report, nodes = _flow_stage(job)
     finally:
