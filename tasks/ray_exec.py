@@ -234,6 +234,8 @@ class StylizePool:
         self._closed = False
         self.lost = 0  # actors lost (died, or their node did)
         self.retried: list[str] = []  # chunks re-run on another actor
+        # retried chunks that the lost actor had committed before it died (found done, not re-rendered)
+        self.found_committed: list[str] = []
         actors = [self._new_actor() for _ in range(plan.count)]
         refs = [a.node.remote() for a in actors]
         ready, _ = ray.wait(refs, num_returns=len(refs), timeout=ready_timeout)
@@ -331,6 +333,8 @@ class StylizePool:
                     raise
                 raise cause from None
             self._idle.put(actor)
+            if last is not None and info.get("resumed"):
+                self.found_committed.append(chunk_id)
             return info, out_ref
         raise WorkersLost(f"{chunk_id}: failed on {MAX_ATTEMPTS} stylizer actors ({last})")
 
@@ -356,7 +360,8 @@ def start_pool(job_uri: str, threads: int | None = None) -> StylizePool:
 
 def pool_info(pool: StylizePool) -> dict:
     return {**asdict(pool.plan), "count": len(pool.nodes), "nodes": sorted(set(pool.nodes.values())),
-            "actors_lost": pool.lost, "chunks_retried": list(pool.retried)}
+            "actors_lost": pool.lost, "chunks_retried": list(pool.retried),
+            "retries_found_committed": list(pool.found_committed)}
 
 
 def stylize_chunk(job_uri: str, chunk_id: str) -> dict:

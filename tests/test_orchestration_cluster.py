@@ -79,5 +79,8 @@ def test_render_survives_losing_a_worker_node(ray_cluster, tmp_path, clip, style
     assert removed.is_set(), "the render finished before a node could be removed"
     assert len(report["chunk_nodes"]) == 12 and report["chunks_resumed"] == 0
     assert report["workers"]["actors_lost"] >= 1 and report["workers"]["chunks_retried"]  # a chunk was re-run
-    assert victim.node_id not in {report["chunk_nodes"][c] for c in report["workers"]["chunks_retried"]}
+    # A retried chunk is rendered on a surviving node, unless the lost node had committed it just
+    # before it went (then the retry finds it done and keeps that one commit).
+    rerendered = set(report["workers"]["chunks_retried"]) - set(report["workers"]["retries_found_committed"])
+    assert victim.node_id not in {report["chunk_nodes"][c] for c in rerendered}
     assert np.array_equal(_frames(tmp_path / "out.mp4"), reference)
