@@ -191,8 +191,9 @@ def sample_grid(net, photos: torch.Tensor, path: Path) -> None:
 def _center_crop(img: np.ndarray, size: int) -> torch.Tensor:
     t = to_tensor(img)[None]
     s = size / min(t.shape[-2:])
-    t = F.interpolate(t, scale_factor=s, mode="bilinear", antialias=True, align_corners=False, recompute_scale_factor=False)
-    h, w = t.shape[-2:]
+    # Explicit output size: a scale factor can floor the short side to size - 1 (321 * 192/321 = 191.99).
+    h, w = (max(size, round(v * s)) for v in t.shape[-2:])
+    t = F.interpolate(t, size=(h, w), mode="bilinear", antialias=True, align_corners=False)
     y, x = (h - size) // 2, (w - size) // 2
     return t[0, :, y:y + size, x:x + size].clamp(0, 1)
 
@@ -565,15 +566,17 @@ def train_video(cfg: VideoTrainConfig, *, restart: bool = False, progress: bool 
         b = sampler.sample(cfg.batch_size).to(device)
         zeros = torch.zeros_like(b.mask)
         with torch.no_grad(), _autocast(device, use_bf16):
-            f_prev = net.encode(recurrent_input(b.prev, torch.zeros_like(b.prev), zeros))
-            out_prev = _quantize(net.decode(f_prev))
+            x_prev = recurrent_input(b.prev, torch.zeros_like(b.prev), zeros)
+            f_prev = net.encode(x_prev)
+            out_prev = _quantize(net.decode(f_prev, x_prev))
         warped_prev = warp_torch(out_prev, b.backward)
         # Shot-start samples see zeros in the extra channels and get no temporal loss.
         recurrent = (torch.rand(b.mask.shape[0], generator=gen) >= cfg.first_frame_fraction)
         mask = b.mask * recurrent.to(b.mask).view(-1, 1, 1, 1)
         with _autocast(device, use_bf16):
-            f_cur = net.encode(recurrent_input(b.cur, warped_prev, mask))
-            raw = net.decode(f_cur)
+            x_cur = recurrent_input(b.cur, warped_prev, mask)
+            f_cur = net.encode(x_cur)
+            raw = net.decode(f_cur, x_cur)
             y = straight_through_clamp(raw)
             feats_y = vgg(y)
             with torch.no_grad():
