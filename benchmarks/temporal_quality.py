@@ -63,7 +63,7 @@ def sintel(methods: list[str], style: str, width: int) -> dict:
         invalid = (np.asarray(Image.open(invalid_path).convert("L")) > 127) if invalid_path.exists() else False
         mask = (~occluded & ~invalid).astype(np.float32)
         for m in methods:
-            stylizer = make_stylizer(m, resolve_style(style))
+            stylizer = make_stylizer(m, resolve_style(style, m))
             out, _ = stylizer.stylize(small, 0, None, flow=flow if stylizer.needs_flow else None)
             big = [cv2.resize(o, (w, h), interpolation=cv2.INTER_CUBIC) for o in out]
             # frames 2 and 3 (indices 1, 2): GT flow 2 -> 3, mask on frame 2's pixels

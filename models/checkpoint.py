@@ -117,11 +117,31 @@ def shipped_styles() -> dict[str, Path]:
     return {p.stem: p for p in sorted(WEIGHTS_DIR.glob("*.safetensors"))}
 
 
-def resolve_style(name_or_path: str) -> Path:
-    """A shipped style name or a path to any checkpoint."""
+#: Methods whose nets take more than the frame; a shipped style keeps them in a subfolder
+#: (``weights/recurrent/NAME.safetensors``), so ``--style NAME`` finds the right one.
+METHOD_FOLDERS = {"flow-recurrent": "recurrent"}
+
+
+def shipped_variants(name: str) -> dict[str, Path]:
+    """Method -> checkpoint of shipped style ``name`` for the methods with their own nets."""
+    return {m: p for m, folder in METHOD_FOLDERS.items()
+            if (p := WEIGHTS_DIR / folder / f"{name}.safetensors").is_file()}
+
+
+def resolve_style(name_or_path: str, method: str | None = None) -> Path:
+    """A shipped style name (its net for ``method``) or a path to any checkpoint."""
     styles = shipped_styles()
     if name_or_path in styles:
-        return styles[name_or_path]
+        if method not in METHOD_FOLDERS:
+            return styles[name_or_path]
+        variant = shipped_variants(name_or_path).get(method)
+        if variant is None:
+            have = [n for n in styles if method in shipped_variants(n)]
+            raise InputError(f"style {name_or_path!r} has no {method} model shipped"
+                             + (f" (styles with one: {', '.join(have)})" if have else "")
+                             + "; train one with 'filmstyle train --video --init "
+                             f"{styles[name_or_path]}' and pass its path")
+        return variant
     p = Path(name_or_path)
     if p.suffix or os.sep in name_or_path:
         if not p.is_file():

@@ -365,11 +365,12 @@ def cmd_eval(args) -> int:
 
 
 def cmd_styles(args) -> int:
-    from models.checkpoint import read_card, shipped_styles
+    from models.checkpoint import read_card, shipped_styles, shipped_variants
 
     styles = shipped_styles()
     if args.json:
-        print(json.dumps({name: read_card(p) for name, p in styles.items()}, indent=2))
+        print(json.dumps({name: {**read_card(p), "methods": {m: read_card(v) for m, v in shipped_variants(name).items()}}
+                          for name, p in styles.items()}, indent=2))
         return 0
     if not styles:
         print("no styles shipped yet; train one with 'filmstyle train'")
@@ -378,7 +379,8 @@ def cmd_styles(args) -> int:
         arch = card.get("architecture", {})
         print(f"{name:16s} {card.get('style_image', '?'):24s} steps={card.get('steps', '?'):<6} "
               f"net={arch.get('base_channels', '?')}ch/{arch.get('residual_blocks', '?')}res "
-              f"loss-net: {card.get('loss_network', '?')}")
+              f"loss-net: {card.get('loss_network', '?')}"
+              + "".join(f"  +{m}" for m in shipped_variants(name)))
     return 0
 
 

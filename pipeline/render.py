@@ -888,7 +888,7 @@ def render(cfg: RenderConfig, *, progress: bool = True, log=print) -> RenderRepo
     timer = StageTimer()
     s3 = cfg.s3_config()
     check_output(cfg.output, cfg.input, s3)
-    style_path = resolve_style(cfg.style)
+    style_path = resolve_style(cfg.style, cfg.method)
     configure_threads(cfg.threads)
     with timer("probe"):
         source = prepare_source(cfg.input, cfg.cache_dir, s3=s3)
@@ -933,8 +933,8 @@ def preflight(cfg: RenderConfig, *, output: bool = True, style: bool = True) -> 
     if output:
         check_output(cfg.output, cfg.input, s3)
     if style:  # loads the checkpoint: a corrupt or foreign one fails here
-        make_stylizer(cfg.method, resolve_style(cfg.style), precision=cfg.precision, batch=cfg.batch,
-                      **cfg.method_options())
+        make_stylizer(cfg.method, resolve_style(cfg.style, cfg.method), precision=cfg.precision,
+                      batch=cfg.batch, **cfg.method_options())
     if is_remote(cfg.input):
         store, key = open_object(cfg.input, s3)
         if not store.exists(key):

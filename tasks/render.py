@@ -105,7 +105,7 @@ def check(config: dict) -> str:
 
     cfg = R.RenderConfig.from_dict(config)
     R.check_output(cfg.output, cfg.input, cfg.s3_config())
-    return str(resolve_style(cfg.style))
+    return str(resolve_style(cfg.style, cfg.method))
 
 
 @task(name="probe", retries=RETRIES, retry_delay_seconds=RETRY_DELAY, retry_condition_fn=transient,

@@ -194,6 +194,22 @@ def test_resolve_style_lists_available(tmp_path):
         resolve_style(str(tmp_path / "x.safetensors"))
 
 
+def test_resolve_style_picks_the_net_for_the_method(tmp_path, monkeypatch):
+    import models.checkpoint as C
+
+    monkeypatch.setattr(C, "WEIGHTS_DIR", tmp_path)
+    per_frame = save_style_model(tmp_path / "oil.safetensors", TransformerNet(TransformerConfig(8, 1)), {"name": "oil"})
+    save_style_model(tmp_path / "ink.safetensors", TransformerNet(TransformerConfig(8, 1)), {"name": "ink"})
+    (tmp_path / "recurrent").mkdir()
+    recurrent = save_style_model(tmp_path / "recurrent" / "oil.safetensors",
+                                 TransformerNet(TransformerConfig(8, 1, in_channels=7)), {"name": "oil"})
+    assert list(C.shipped_styles()) == ["ink", "oil"]  # the companion is not a style of its own
+    assert resolve_style("oil") == resolve_style("oil", "per-frame") == resolve_style("oil", "flow-blend") == per_frame
+    assert resolve_style("oil", "flow-recurrent") == recurrent
+    with pytest.raises(InputError, match="no flow-recurrent model shipped.*styles with one: oil"):
+        resolve_style("ink", "flow-recurrent")
+
+
 def test_shipped_styles_load():
     from models.checkpoint import shipped_styles
 
