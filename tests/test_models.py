@@ -40,6 +40,21 @@ def test_stylize_any_size_and_range(size):
     assert float(y.min()) >= 0 and float(y.max()) <= 1
 
 
+def test_default_net_has_no_norm_layers_and_feeds_the_input_to_its_head():
+    net = TransformerNet(SIZES["full"])
+    assert not any(isinstance(m, (torch.nn.InstanceNorm2d, torch.nn.BatchNorm2d)) for m in net.modules())
+    # The head sees the input: changing the input's brightness changes the output even where
+    # the decoder's features are the same (zero the decoder's contribution to check).
+    with torch.no_grad():
+        net.head[1].weight[:, :32].zero_()
+        x = torch.rand(1, 3, 32, 32)
+        assert not torch.allclose(net(x), net(x * 0.5))
+    # Cards written before these defaults load as what they were.
+    old = TransformerConfig.from_dict({"base_channels": 8, "residual_blocks": 1, "in_channels": 3})
+    assert old.norm == "instance" and old.input_skip is False
+    assert TransformerConfig.from_dict(SIZES["full"].to_dict()) == SIZES["full"]
+
+
 def test_seven_channel_variant():
     net = TransformerNet(TransformerConfig(base_channels=8, residual_blocks=1, in_channels=7))
     assert net(torch.rand(1, 7, 32, 32)).shape == (1, 3, 32, 32)
