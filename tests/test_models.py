@@ -226,10 +226,19 @@ def test_resolve_style_picks_the_net_for_the_method(tmp_path, monkeypatch):
 
 
 def test_shipped_styles_load():
-    from models.checkpoint import shipped_styles
+    from models.checkpoint import shipped_styles, shipped_variants
+    from pipeline.render import DEFAULT_STYLE
 
-    for name, path in shipped_styles().items():
+    styles = shipped_styles()
+    assert DEFAULT_STYLE in styles  # `make demo` renders with it
+    for name, path in styles.items():
         net, card = load_style_model(path)
-        assert card["steps"] >= 1000, name
+        assert card["steps"] >= 500 and card["kind"] == "style-transfer", name
+        assert path.stat().st_size < 8e6  # fp16, a few MB
+        x = torch.rand(1, 3, 36, 64)
         with torch.no_grad():
-            assert net.stylize(torch.rand(1, 3, 36, 64)).shape == (1, 3, 36, 64)
+            y = net.stylize(x)
+        assert y.shape == x.shape and (y - x).abs().mean() > 0.02, name  # it changes the picture
+        for method, variant in shipped_variants(name).items():
+            rnet, rcard = load_style_model(variant)
+            assert rnet.config.in_channels == 7 and rcard["style_image"] == card["style_image"], (name, method)
