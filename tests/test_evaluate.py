@@ -18,7 +18,7 @@ from pipeline.synthetic import make_demo_clip
 def renders(tmp_path_factory):
     d = tmp_path_factory.mktemp("eval")
     torch.manual_seed(0)
-    style = str(save_style_model(d / "s.safetensors", TransformerNet(TransformerConfig(8, 1)), {"name": "s"}))
+    style = str(save_style_model(d / "s.safetensors", TransformerNet(TransformerConfig(8, 1, norm="instance", input_skip=False)), {"name": "s"}))
     clip = str(make_demo_clip(d / "clip.mp4", width=160, height=90, fps=Fraction(24), seconds_per_shot=1,
                               shots=("astronaut", "coffee")))
     out = {}
