@@ -109,3 +109,33 @@ def test_resume_refuses_other_settings(tmp_path, train_data):
     proc = _cli("train", "--style", style, "--data", photos, "--out", out, "--steps", 3, "--seed", "5", *TINY,
                 check=False)
     assert proc.returncode == 2 and "--restart" in proc.stderr
+
+
+def test_grad_clip_bounds_the_step_and_the_norm_is_tracked(tmp_path):
+    """With SGD (lr 1) the parameter change is the clipped gradient: its norm is the clip."""
+    import torch
+
+    from models.train import _Run
+
+    class Bar:
+        def update(self, n): pass
+        def set_postfix(self, d): pass
+
+    def one_step(clip):
+        net = torch.nn.Linear(8, 1)
+        torch.nn.init.constant_(net.weight, 1.0)
+        torch.nn.init.zeros_(net.bias)
+        opt = torch.optim.SGD(net.parameters(), lr=1.0)
+        run = _Run(tmp_path / f"c{clip}.safetensors", net, opt, torch.Generator(), {}, restart=True,
+                   log=print, every_s=1e9, every_steps=0, grad_clip=clip)
+        run.start_clock()
+        before = torch.cat([p.detach().flatten().clone() for p in net.parameters()])
+        loss = net(torch.full((1, 8), 10.0)).sum() ** 2  # a large gradient
+        run.update({"loss": loss}, loss, Bar())
+        after = torch.cat([p.detach().flatten() for p in net.parameters()])
+        return float((after - before).norm()), run.ema["grad_norm"]
+
+    step, norm = one_step(0.5)
+    assert step == pytest.approx(0.5, rel=1e-4) and norm > 100
+    free_step, free_norm = one_step(0.0)
+    assert free_step == pytest.approx(free_norm, rel=1e-4) and free_norm == pytest.approx(norm)
