@@ -60,6 +60,18 @@ def test_seven_channel_variant():
     assert net(torch.rand(1, 7, 32, 32)).shape == (1, 3, 32, 32)
 
 
+def test_training_clamp_never_pushes_pixels_further_out():
+    """Forward: clamp to [0, 1]. Backward: gradients pass inside and point back inward, never outward."""
+    from models.transformer import straight_through_clamp
+
+    raw = torch.tensor([-0.5, -0.5, 0.5, 0.5, 1.5, 1.5], requires_grad=True)
+    out = straight_through_clamp(raw)
+    assert out.tolist() == [0.0, 0.0, 0.5, 0.5, 1.0, 1.0]
+    out.backward(torch.tensor([1.0, -1.0, 1.0, -1.0, 1.0, -1.0]))
+    # A descent step moves raw by -grad: -0.5 may rise (grad -1) but not sink; 1.5 may sink but not rise.
+    assert raw.grad.tolist() == [0.0, -1.0, 1.0, -1.0, 1.0, 0.0]
+
+
 def test_gram_is_size_normalized():
     f = torch.rand(1, 8, 16, 16)
     big = f.repeat(1, 1, 2, 2)  # same statistics, 4x the pixels
