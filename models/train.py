@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, UnidentifiedImageError
 
-from pipeline.errors import InputError
+from pipeline.errors import FilmstyleError, InputError
 
 from . import losses as L
 from .checkpoint import file_digest, save_style_model
@@ -237,8 +237,23 @@ def _weighted_total(terms: dict, weights: dict) -> torch.Tensor:
     return total
 
 
+class TrainingDiverged(FilmstyleError):
+    """The loss blew up and rolling back to the last healthy checkpoint at a lower rate did not help."""
+
+
 class _Run:
-    """What every training loop shares: resume, the optimizer step, loss averages, timed checkpoints."""
+    """What every training loop shares: resume, the optimizer step, loss averages, timed checkpoints.
+
+    Divergence guard: full-size nets without normalization layers blew up late in several runs
+    (the loss rising from ~2 to 1e3-1e9 within a few dozen steps). A checkpoint is only written
+    while the loss average is near its best, and when the average exceeds ``BLOW_UP`` times its
+    best the run reloads the last checkpoint, halves the learning rate and goes on.
+    """
+
+    WARMUP = 100  # steps before the best average counts (the first averages are from noise)
+    BLOW_UP = 4.0  # average total loss over its best: diverged
+    HEALTHY = 1.5  # average and current total under this many times the best: safe to checkpoint
+    MAX_ROLLBACKS = 3
 
     def __init__(self, out: Path, net, opt, gen: torch.Generator, identity: dict, *, restart: bool, log,
                  every_s: float, every_steps: int, grad_clip: float = 0.0):
@@ -257,6 +272,7 @@ class _Run:
             self.history = meta["history"]
             log(f"resuming from step {self.step} ({self.state_path})")
         self.ema: dict = self.history["ema"]
+        self.log = log
 
     def start_clock(self) -> None:
         self.t_start = time.monotonic() - self.history["elapsed_s"]
@@ -285,12 +301,42 @@ class _Run:
         bar.update(1)
         bar.set_postfix({k: f"{v:.3g}" for k, v in self.ema.items()})
         now = time.monotonic()
-        if (self.every_steps and self.step % self.every_steps == 0) or (
-            not self.every_steps and now - self.last_ckpt >= self.every_s
-        ):
+        best = self.history.get("best_total_ema")
+        if self.step >= self.WARMUP:
+            if best is not None and not self.ema["total"] <= self.BLOW_UP * best:  # "not <=": NaN too
+                self._roll_back()
+                bar.n = self.step
+                return now
+            self.history["best_total_ema"] = min(self.ema["total"], best if best is not None else float("inf"))
+        due = (self.every_steps and self.step % self.every_steps == 0) or (
+            not self.every_steps and now - self.last_ckpt >= self.every_s)
+        if due and self._healthy(float(total.detach())):
             self.checkpoint()
             self.last_ckpt = now
         return now
+
+    def _healthy(self, total: float) -> bool:
+        best = self.history.get("best_total_ema")
+        return best is None or (self.ema["total"] <= self.HEALTHY * best and total <= 3 * self.HEALTHY * best)
+
+    def _roll_back(self) -> None:
+        at, ema = self.step, self.ema["total"]
+        rollbacks = self.history.get("rollbacks", [])
+        if len(rollbacks) >= self.MAX_ROLLBACKS or not self.state_path.exists():
+            raise TrainingDiverged(
+                f"training diverged at step {at} (loss average {ema:.3g}, best {self.history.get('best_total_ema'):.3g})"
+                + (f" after {len(rollbacks)} rollbacks" if rollbacks else ", before the first checkpoint")
+                + f"; {self.state_path} holds the last healthy state: resume with a lower --lr")
+        self.step, meta = load_state(self.state_path, self.net, self.opt, self.gen)
+        self.history = meta["history"]
+        self.ema = self.history["ema"]
+        for group in self.opt.param_groups:
+            group["lr"] *= 0.5
+        lr = self.opt.param_groups[0]["lr"]
+        self.history["rollbacks"] = rollbacks + [{"at_step": at, "loss_average": ema, "to_step": self.step,
+                                                  "new_lr": lr}]
+        self.log(f"loss diverged at step {at} (average {ema:.3g}): back to step {self.step}, learning rate {lr:g}")
+        self.checkpoint()  # the lower rate survives a restart
 
 
 def _autocast(device: str, enabled: bool):
@@ -303,6 +349,7 @@ def _run_card(run, use_bf16: bool, weights, loss_weights: dict, **loss_notes) ->
         "steps": run.step,
         "train_time_s": round(run.elapsed(), 1),
         "bf16_autocast": use_bf16,
+        "rollbacks": run.history.get("rollbacks", []),  # divergences survived (see _Run)
         "loss_network": weights.source,
         "losses": {
             "content_layers": list(L.CONTENT_LAYERS),

@@ -139,3 +139,46 @@ def test_grad_clip_bounds_the_step_and_the_norm_is_tracked(tmp_path):
     assert step == pytest.approx(0.5, rel=1e-4) and norm > 100
     free_step, free_norm = one_step(0.0)
     assert free_step == pytest.approx(free_norm, rel=1e-4) and free_norm == pytest.approx(norm)
+
+
+def test_divergence_rolls_back_to_the_last_healthy_checkpoint_at_half_the_rate(tmp_path):
+    import torch
+
+    from models.train import TrainingDiverged, _Run
+
+    class Bar:
+        n = 0
+        def update(self, n): self.n += n
+        def set_postfix(self, d): pass
+
+    torch.manual_seed(0)
+    net = torch.nn.Linear(4, 1)
+    opt = torch.optim.Adam(net.parameters(), lr=1e-3)
+    logs = []
+    run = _Run(tmp_path / "d.safetensors", net, opt, torch.Generator(), {}, restart=True, log=logs.append,
+               every_s=1e9, every_steps=10)
+    run.start_clock()
+    bar, x = Bar(), torch.ones(1, 4)
+
+    def step(scale):
+        loss = scale * (net(x) ** 2).sum() + scale
+        run.update({"loss": loss}, loss, bar)
+
+    for _ in range(150):
+        step(1.0)
+    assert run.step == 150 and run.history["best_total_ema"] > 0
+    good = {k: v.clone() for k, v in net.state_dict().items()}
+    while run.step < 200 and not run.history.get("rollbacks"):
+        step(1e6)  # a blow-up: the average shoots past 4x its best within a few steps
+    back = run.history["rollbacks"][0]
+    assert back["to_step"] == 150 and run.step == 150 and bar.n == 150 and "diverged" in logs[-1]
+    assert opt.param_groups[0]["lr"] == pytest.approx(5e-4) and back["new_lr"] == pytest.approx(5e-4)
+    assert all(torch.equal(good[k], v) for k, v in net.state_dict().items())  # the healthy weights are back
+    # No checkpoint was written while it was blowing up, and a restart keeps the lower rate.
+    again = _Run(tmp_path / "d.safetensors", net, torch.optim.Adam(net.parameters(), lr=1e-3), torch.Generator(),
+                 {}, restart=False, log=logs.append, every_s=1e9, every_steps=10)
+    assert again.step == 150 and again.opt.param_groups[0]["lr"] == pytest.approx(5e-4)
+    # A run that keeps blowing up ends with a clear error after a bounded number of rollbacks.
+    with pytest.raises(TrainingDiverged, match="resume with a lower --lr"):
+        for _ in range(2000):
+            step(1e6)
