@@ -71,6 +71,9 @@ def main() -> None:
     ap.add_argument("--out-width", type=int, default=640, help="delivery width")
     ap.add_argument("--preset", default="veryfast", help="x264 preset of the segments")
     ap.add_argument("--method", default="per-frame")
+    ap.add_argument("--style", default=None,
+                    help="style NAME or PATH (default: a student-size random net, the cheapest render, where "
+                         "the fixed start-up cost weighs most)")
     ap.add_argument("--actor-threads", type=int, default=None,
                     help="torch threads per stylizer actor (default: the engine's, 1 on CPU; 2 on 2 cores "
                          "gives one actor with the local engine's threading, isolating the orchestration cost)")
@@ -82,7 +85,7 @@ def main() -> None:
     src = Path(args.input) if args.input else shared_video("pyscenedetect_testvideo.mp4")
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        style = _student(tmp / "student.safetensors")
+        style = args.style or _student(tmp / "student.safetensors")
         warm = _clip(src, 1.0, tmp / "warm.mp4")
         for engine in engines:
             _render(engine, warm, tmp / f"warm-{engine}.mp4", style, args, tmp)
@@ -92,7 +95,7 @@ def main() -> None:
     first = rows[0]
     print(f"clip: {src.name} looped to {args.seconds:g} s ({first['frames']} frames, {first['shots']} shots, "
           f"{first['chunks']} chunks), working width {args.width}, delivery width {args.out_width}, "
-          f"student-size random net, {args.method}, x264 {args.preset}; {os.cpu_count()} CPUs, "
+          f"{args.style or 'student-size random net'}, {args.method}, x264 {args.preset}; {os.cpu_count()} CPUs, "
           f"load average {os.getloadavg()[0]:.1f}")
     print("| engine | command wall s | render wall s (report) | fps | stages (s) |")
     print("|---|---|---|---|---|")
