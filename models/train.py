@@ -50,7 +50,7 @@ class TrainConfig:
     content_weight: float = 0.5
     style_weight: float = 1.0
     tv_weight: float = 1e-1
-    range_weight: float = 1.0  # penalty on raw outputs outside [0, 1] (the clamp is straight-through)
+    range_weight: float = 1.0  # penalty on raw outputs outside [0, 1] (pulls them back; the clamp passes inward gradients)
     bf16: bool | None = None  # None: on when the CPU/GPU supports it
     seed: int = 0
     checkpoint_every_s: float = 120.0
