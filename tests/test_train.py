@@ -111,15 +111,22 @@ def test_resume_refuses_other_settings(tmp_path, train_data):
     assert proc.returncode == 2 and "--restart" in proc.stderr
 
 
+class _Bar:
+    """Stands in for tqdm: counts steps."""
+    n = 0
+
+    def update(self, n):
+        self.n += n
+
+    def set_postfix(self, d):
+        pass
+
+
 def test_grad_clip_bounds_the_step_and_the_norm_is_tracked(tmp_path):
     """With SGD (lr 1) the parameter change is the clipped gradient: its norm is the clip."""
     import torch
 
     from models.train import _Run
-
-    class Bar:
-        def update(self, n): pass
-        def set_postfix(self, d): pass
 
     def one_step(clip):
         net = torch.nn.Linear(8, 1)
@@ -131,7 +138,7 @@ def test_grad_clip_bounds_the_step_and_the_norm_is_tracked(tmp_path):
         run.start_clock()
         before = torch.cat([p.detach().flatten().clone() for p in net.parameters()])
         loss = net(torch.full((1, 8), 10.0)).sum() ** 2  # a large gradient
-        run.update({"loss": loss}, loss, Bar())
+        run.update({"loss": loss}, loss, _Bar())
         after = torch.cat([p.detach().flatten() for p in net.parameters()])
         return float((after - before).norm()), run.ema["grad_norm"]
 
@@ -146,11 +153,6 @@ def test_divergence_rolls_back_to_the_last_healthy_checkpoint_at_half_the_rate(t
 
     from models.train import TrainingDiverged, _Run
 
-    class Bar:
-        n = 0
-        def update(self, n): self.n += n
-        def set_postfix(self, d): pass
-
     torch.manual_seed(0)
     net = torch.nn.Linear(4, 1)
     opt = torch.optim.Adam(net.parameters(), lr=1e-3)
@@ -158,7 +160,7 @@ def test_divergence_rolls_back_to_the_last_healthy_checkpoint_at_half_the_rate(t
     run = _Run(tmp_path / "d.safetensors", net, opt, torch.Generator(), {}, restart=True, log=logs.append,
                every_s=1e9, every_steps=10)
     run.start_clock()
-    bar, x = Bar(), torch.ones(1, 4)
+    bar, x = _Bar(), torch.ones(1, 4)
 
     def step(scale):
         loss = scale * (net(x) ** 2).sum() + scale
