@@ -45,9 +45,10 @@ class TrainConfig:
     # max global gradient norm (0: off): a guard against spikes. Typical norms are 40-130 with
     # the relative losses; a run at content weight 1 without it blew up at step ~450.
     grad_clip: float = 100.0
-    # relative losses: 0.5 keeps content readable (content loss ~0.7, "an unrelated photo" ~1.45)
-    # while the style comes through; 3 (the first runs) styled only lightly.
-    content_weight: float = 0.5
+    # relative losses, tuned for the default net (no input skip): at 1, starry_night after
+    # 1300 steps at 128 px cut the style loss of test photos 4.9x at content loss 1.07 ("an
+    # unrelated photo" scores ~1.55); at 2 only 2.9x at 0.72. (0.5 suited the skip net.)
+    content_weight: float = 1.0
     style_weight: float = 1.0
     tv_weight: float = 1e-1
     range_weight: float = 1.0  # penalty on raw outputs outside [0, 1] (pulls them back; the clamp passes inward gradients)

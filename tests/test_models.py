@@ -40,15 +40,17 @@ def test_stylize_any_size_and_range(size):
     assert float(y.min()) >= 0 and float(y.max()) <= 1
 
 
-def test_default_net_has_no_norm_layers_and_feeds_the_input_to_its_head():
+def test_default_net_has_no_norm_layers_and_no_input_skip():
     net = TransformerNet(SIZES["full"])
     assert not any(isinstance(m, (torch.nn.InstanceNorm2d, torch.nn.BatchNorm2d)) for m in net.modules())
-    # The head sees the input: changing the input's brightness changes the output even where
-    # the decoder's features are the same (zero the decoder's contribution to check).
+    assert net.head[1].weight.shape[1] == 32  # decoder features only
+    # With the skip, the head sees the input: changing the input's brightness changes the
+    # output even where the decoder's features are the same (zero their contribution).
+    skip = TransformerNet(TransformerConfig(input_skip=True))
     with torch.no_grad():
-        net.head[1].weight[:, :32].zero_()
+        skip.head[1].weight[:, :32].zero_()
         x = torch.rand(1, 3, 32, 32)
-        assert not torch.allclose(net(x), net(x * 0.5))
+        assert not torch.allclose(skip(x), skip(x * 0.5))
     # Cards written before these defaults load as what they were.
     old = TransformerConfig.from_dict({"base_channels": 8, "residual_blocks": 1, "in_channels": 3})
     assert old.norm == "instance" and old.input_skip is False
