@@ -8,6 +8,12 @@ frame) and ``a`` the strength. Along each motion trajectory this is an
 exponential moving average of the per-frame stylizations, which removes most
 flicker; where the mask is 0 the fresh stylization shows through.
 
+The previous output is warped bicubically: it is warped again at every frame,
+and bilinear sampling's blur compounds along the trajectory and washes the
+texture out (a strong starry_night net on 48 cockatoo frames at strength 0.7:
+style loss +32% over per-frame with bilinear, +25% with bicubic, at about the
+same warping error).
+
 ``refine=True`` runs the net once more on the blended frame (as
 Fast_Artistic_Videos starts its optimization from the warped previous output),
 at twice the network cost.
@@ -35,7 +41,7 @@ class FlowBlendStylizer:
 
     def params(self) -> dict:
         return {"method": self.name, "model": self.model_hash, "precision": self.run.precision,
-                "strength": self.strength, "refine": self.refine}
+                "strength": self.strength, "refine": self.refine, "warp": "cubic"}
 
     def stylize(self, frames, first_index, state=None, flow=None):
         if flow is None:
@@ -48,7 +54,7 @@ class FlowBlendStylizer:
                 out[i] = fresh[i]
             else:
                 pair = flow.pair(first_index + i)
-                out[i] = self._blend(fresh[i], warp(prev, pair.backward), pair.mask)
+                out[i] = self._blend(fresh[i], warp(prev, pair.backward, "cubic"), pair.mask)
             prev = out[i]  # uint8, exactly as written: chunked renders equal unchunked ones
         return out, CarryState(first_index + len(frames), out[-1].copy(), frames[-1].copy())
 
