@@ -75,7 +75,7 @@ class RenderConfig:
     flow_preset: str = "medium"  # DIS preset
     flow_cache: str | None = None  # URI (folder or s3://); default: CACHE/flow, or beside an s3:// output
     soft_mask: bool = False
-    strength: float = 0.7  # flow-blend
+    strength: float = 0.5  # flow-blend: see FlowBlendStylizer for the trade-off
     refine: bool = False  # flow-blend
     workdir: str | None = None  # URI; default: CACHE/work/KEY, or beside an s3:// output
     cache_dir: str | None = None  # node-local cache root (downloads, shots, mezzanines)
