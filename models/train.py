@@ -242,6 +242,10 @@ class TrainingDiverged(FilmstyleError):
     """The loss blew up and rolling back to the last healthy checkpoint at a lower rate did not help."""
 
 
+class TrainingCollapsed(FilmstyleError):
+    """The net's output went flat: its ReLUs died and no gradient can bring them back."""
+
+
 class _Run:
     """What every training loop shares: resume, the optimizer step, loss averages, timed checkpoints.
 
@@ -249,12 +253,18 @@ class _Run:
     (the loss rising from ~2 to 1e3-1e9 within a few dozen steps). A checkpoint is only written
     while the loss average is near its best, and when the average exceeds ``BLOW_UP`` times its
     best the run reloads the last checkpoint, halves the learning rate and goes on.
+
+    Collapse guard: one candy run's output went to a single flat colour within its first 50
+    steps (every ReLU before the head dead; only the head's bias still learns) and would have
+    trained on for half an hour. The spatial spread of the output is tracked; a flat average
+    after the warm-up stops the run with an error.
     """
 
     WARMUP = 100  # steps before the best average counts (the first averages are from noise)
     BLOW_UP = 4.0  # average total loss over its best: diverged
     HEALTHY = 1.5  # average and current total under this many times the best: safe to checkpoint
     MAX_ROLLBACKS = 3
+    FLAT = 1e-3  # average spatial std of the output (pixels in [0, 1]) below which it is flat
 
     def __init__(self, out: Path, net, opt, gen: torch.Generator, identity: dict, *, restart: bool, log,
                  every_s: float, every_steps: int, grad_clip: float = 0.0):
@@ -287,8 +297,13 @@ class _Run:
         save_state(self.state_path, self.net, self.opt, self.step, self.gen,
                    {"identity": self.identity, "history": self.history})
 
-    def update(self, terms: dict, total: torch.Tensor, bar) -> float:
-        """One optimizer step on ``total``; averages, progress and a checkpoint when due. Returns now."""
+    def update(self, terms: dict, total: torch.Tensor, bar, output: torch.Tensor | None = None) -> float:
+        """One optimizer step on ``total``; averages, progress and a checkpoint when due. Returns now.
+
+        ``output``: the net's (N, C, H, W) output, for the collapse guard.
+        """
+        if output is not None:
+            terms = dict(terms, output_std=output.detach().float().flatten(2).std(dim=2).mean())
         self.opt.zero_grad(set_to_none=True)
         total.backward()
         # The norm is tracked always (it is the first sign of a run going unstable), clipped when asked.
@@ -304,6 +319,10 @@ class _Run:
         now = time.monotonic()
         best = self.history.get("best_total_ema")
         if self.step >= self.WARMUP:
+            if self.ema.get("output_std", 1.0) < self.FLAT:
+                raise TrainingCollapsed(
+                    f"the net's output went flat by step {self.step} (dead ReLUs): it cannot learn from here; "
+                    f"start again (--restart) with another --seed or a lower --lr")
             if best is not None and not self.ema["total"] <= self.BLOW_UP * best:  # "not <=": NaN too
                 self._roll_back()
                 bar.n = self.step
@@ -411,7 +430,7 @@ def train(cfg: TrainConfig, *, restart: bool = False, progress: bool = True, log
             with torch.no_grad():
                 feats_x = vgg(x)
         terms = _perceptual_terms(feats_y, feats_x, target, y, raw)
-        now = run.update(terms, _weighted_total(terms, loss_weights), bar)
+        now = run.update(terms, _weighted_total(terms, loss_weights), bar, output=raw)
         if now - last_sample >= cfg.sample_every_s:
             net.eval()
             sample_grid(net, photos, samples_path)
@@ -647,7 +666,7 @@ def train_video(cfg: VideoTrainConfig, *, restart: bool = False, progress: bool 
         if cfg.temporal_feature_weight:
             flow = _resize_flow(b.backward, tuple(f_cur.shape[-2:]))
             terms["temporal_feature"] = L.temporal_feature_loss(f_cur, warp_torch(f_prev.float(), flow), mask)
-        run.update(terms, _weighted_total(terms, loss_weights), bar)
+        run.update(terms, _weighted_total(terms, loss_weights), bar, output=raw)
     bar.close()
     run.checkpoint()
     net.eval()

@@ -148,6 +148,30 @@ def test_grad_clip_bounds_the_step_and_the_norm_is_tracked(tmp_path):
     assert free_step == pytest.approx(free_norm, rel=1e-4) and free_norm == pytest.approx(norm)
 
 
+def test_a_net_whose_output_goes_flat_stops_with_an_error(tmp_path):
+    import torch
+
+    from models.train import TrainingCollapsed, _Run
+
+    net = torch.nn.Conv2d(3, 3, 3, padding=1)
+    run = _Run(tmp_path / "f.safetensors", net, torch.optim.SGD(net.parameters(), lr=1e-3), torch.Generator(), {},
+               restart=True, log=lambda m: None, every_s=1e9, every_steps=0)
+    run.start_clock()
+    bar, x = _Bar(), torch.rand(2, 3, 16, 16)
+    for _ in range(run.WARMUP + 20):  # a textured output: no complaint
+        y = net(x)
+        run.update({"l": y.mean() ** 2}, y.mean() ** 2, bar, output=y)
+    assert run.ema["output_std"] > run.FLAT
+    with torch.no_grad():
+        net.weight.zero_()  # what dead ReLUs leave: the bias alone, one flat colour
+    net.weight.requires_grad_(False)
+    with pytest.raises(TrainingCollapsed, match="went flat.*--seed"):
+        for _ in range(1000):
+            y = net(x)
+            run.update({"l": y.mean() ** 2}, y.mean() ** 2, bar, output=y)
+    assert run.step < run.WARMUP + 20 + 400  # caught while the average falls, not at the end
+
+
 def test_divergence_rolls_back_to_the_last_healthy_checkpoint_at_half_the_rate(tmp_path):
     import torch
 
