@@ -42,6 +42,10 @@ class TrainConfig:
     batch_size: int = 4
     steps: int = 2000
     lr: float = 1e-3
+    # linear ramp of the learning rate over the first steps: candy's first gradients are huge
+    # (norm ~7000, style loss 16) and full-rate Adam steps killed every ReLU within 50 steps,
+    # with two seeds (a flat output; see _Run's collapse guard)
+    lr_warmup: int = 200
     # max global gradient norm (0: off): a guard against spikes. Typical norms are 40-130 with
     # the relative losses; a run at content weight 1 without it blew up at step ~450.
     grad_clip: float = 100.0
@@ -267,9 +271,9 @@ class _Run:
     FLAT = 1e-3  # average spatial std of the output (pixels in [0, 1]) below which it is flat
 
     def __init__(self, out: Path, net, opt, gen: torch.Generator, identity: dict, *, restart: bool, log,
-                 every_s: float, every_steps: int, grad_clip: float = 0.0):
+                 every_s: float, every_steps: int, grad_clip: float = 0.0, lr_warmup: int = 0):
         self.net, self.opt, self.gen, self.identity = net, opt, gen, identity
-        self.grad_clip = grad_clip
+        self.grad_clip, self.lr_warmup = grad_clip, lr_warmup
         self.every_s, self.every_steps = every_s, every_steps
         self.state_path = _state_path(out)
         self.step, self.history = 0, {"elapsed_s": 0.0, "ema": {}}
@@ -309,7 +313,15 @@ class _Run:
         # The norm is tracked always (it is the first sign of a run going unstable), clipped when asked.
         norm = torch.nn.utils.clip_grad_norm_(self.net.parameters(), self.grad_clip or float("inf"))
         terms = dict(terms, grad_norm=norm)
+        # Warm-up scales the rate for this step only: the groups keep the real rate (which a
+        # rollback halves and a checkpoint saves).
+        ramp = min(1.0, (self.step + 1) / self.lr_warmup) if self.lr_warmup else 1.0
+        rates = [g["lr"] for g in self.opt.param_groups]
+        for g in self.opt.param_groups:
+            g["lr"] *= ramp
         self.opt.step()
+        for g, lr in zip(self.opt.param_groups, rates):
+            g["lr"] = lr
         self.step += 1
         for k, v in dict(terms, total=total).items():
             v = float(v.detach())
@@ -409,7 +421,7 @@ def train(cfg: TrainConfig, *, restart: bool = False, progress: bool = True, log
     identity["style"] = style_hash
     run = _Run(out, net, opt, gen, identity, restart=restart, log=log,
                every_s=cfg.checkpoint_every_s, every_steps=cfg.checkpoint_every_steps,
-               grad_clip=cfg.grad_clip)
+               grad_clip=cfg.grad_clip, lr_warmup=cfg.lr_warmup)
 
     photos = torch.stack([_center_crop(load_rgb(p), cfg.image_size) for p in files[:3]]).to(device)
     samples_path = out.with_name(out.stem + ".samples.png")
@@ -465,13 +477,13 @@ def _now_utc() -> str:
 
 # ---------------------------------------------------------------- video phase (flow-recurrent)
 
-#: Output temporal weight, with content weight 1, in our relative units. Ruder et al.'s fast
-#: variant weighs pixel MSE on 0-255 pixels 50 against content 1 on raw relu3_3 features;
-#: converted that is 50 * 255^2 / 3 / E with E the mean squared relu3_3 activation: 1.6e4 on
-#: the HED trunk (E = 68 at 256 px, measured), ~2e3 for E ~ 500. We take the low end: the
-#: loss of an image-phase model on our pairs is ~1.5e-3 (mostly the detail a bilinear warp
-#: loses, which the net must restore), so 2e3 puts it at ~3, beside content + style.
-DEFAULT_TEMPORAL_WEIGHT = 2e3
+#: Output temporal weight, with content weight 1, in our relative units. Ruder et al.'s
+#: conversion gives 2e3-1.6e4 (pixel MSE 50 on 0-255 against content 1 on raw relu3_3), but
+#: that freezes a strongly styling net: starry_night, 400 steps at 128 px from its image net,
+#: then the first 48 cockatoo frames at 480 px (Farneback warping error / style loss against
+#: per-frame): weight 2e3 -> 0.03x / +203% (a near-still image), 200 -> 0.15x / +62%,
+#: 50 -> 0.28x / +2%. Targets: at most 0.5x and +15%.
+DEFAULT_TEMPORAL_WEIGHT = 50.0
 RECURRENT_CHANNELS = 7  # frame, warped previous output, mask
 
 

@@ -214,6 +214,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--image-size", type=_positive_int, default=256, help="training crop size")
     p.add_argument("--style-size", type=_positive_int, default=320, help="long side of the style image")
     p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--lr-warmup", type=int, default=None, metavar="STEPS",
+                   help="ramp the learning rate up over the first STEPS steps (image phase; default 200)")
     p.add_argument("--grad-clip", type=float, default=None, metavar="NORM",
                    help="clip the global gradient norm; 0: off (default: 100 image phase, off video phase)")
     p.add_argument("--content-weight", type=float, default=None)
@@ -398,7 +400,7 @@ def cmd_train(args) -> int:
                       bf16={"auto": None, "on": True, "off": False}[args.bf16], seed=args.seed,
                       checkpoint_every_s=args.checkpoint_every, checkpoint_every_steps=args.checkpoint_every_steps,
                       vgg=args.vgg)
-    for name in ("content_weight", "style_weight", "tv_weight", "grad_clip"):
+    for name in ("content_weight", "style_weight", "tv_weight", "grad_clip", "lr_warmup"):
         if getattr(args, name) is not None:
             setattr(cfg, name, getattr(args, name))
     path = train(cfg, restart=args.restart, progress=not args.quiet, log=lambda m: print(m, file=sys.stderr))

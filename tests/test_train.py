@@ -148,6 +148,26 @@ def test_grad_clip_bounds_the_step_and_the_norm_is_tracked(tmp_path):
     assert free_step == pytest.approx(free_norm, rel=1e-4) and free_norm == pytest.approx(norm)
 
 
+def test_learning_rate_warms_up_linearly_and_the_real_rate_is_kept(tmp_path):
+    import torch
+
+    from models.train import _Run
+
+    w = torch.nn.Parameter(torch.zeros(1))
+    opt = torch.optim.SGD([w], lr=0.1)
+    run = _Run(tmp_path / "w.safetensors", torch.nn.ParameterList([w]), opt, torch.Generator(), {}, restart=True,
+               log=lambda m: None, every_s=1e9, every_steps=0, lr_warmup=4)
+    run.start_clock()
+    moves = []
+    for _ in range(6):
+        before = w.item()
+        loss = -w.sum()  # gradient -1: SGD moves w by exactly the rate in use
+        run.update({"l": loss}, loss, _Bar())
+        moves.append(round(w.item() - before, 6))
+        assert opt.param_groups[0]["lr"] == 0.1  # what a checkpoint saves and a rollback halves
+    assert moves == [0.025, 0.05, 0.075, 0.1, 0.1, 0.1]
+
+
 def test_a_net_whose_output_goes_flat_stops_with_an_error(tmp_path):
     import torch
 
