@@ -48,7 +48,8 @@ log = logging.getLogger(__name__)
 
 __all__ = [
     "warp", "warp_torch", "resize_flow",
-    "FlowBackend", "DISBackend", "FarnebackBackend", "RAFTBackend", "FLOW_BACKENDS", "make_flow_backend",
+    "FlowBackend", "DISBackend", "FarnebackBackend", "TVL1Backend", "ILKBackend",
+    "RAFTBackend", "FLOW_BACKENDS", "make_flow_backend",
     "in_frame", "consistency_mask", "reliability_mask", "FlowPair", "compute_pair",
     "FORMAT_VERSION", "CacheStats", "backend_identity", "FlowCache", "encode_pair", "decode_pair", "CorruptEntry",
     "compute_flows", "CachedFlowSource",
@@ -160,20 +161,20 @@ def _same_shape(a: np.ndarray, b: np.ndarray) -> None:
         raise ValueError(f"frames differ in size: {a.shape[:2]} vs {b.shape[:2]}")
 
 
-class _Cv2Backend:
-    """Shared by the OpenCV backends: grayscale input, lazily built (so picklable) estimator."""
+class _GrayBackend:
+    """Shared by the classical backends: they see grayscale frames, converted once per pair."""
 
     name = ""
-    version = f"opencv-{cv2.__version__}"
+    _prepare = staticmethod(_gray)  # frame -> what ``_calc`` takes
 
     def __call__(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
         _same_shape(a, b)
-        return self._calc(_gray(a), _gray(b))
+        return self._calc(self._prepare(a), self._prepare(b))
 
     def bidirectional(self, a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(flow a->b, flow b->a), converting each frame to grayscale once."""
         _same_shape(a, b)
-        ga, gb = _gray(a), _gray(b)
+        ga, gb = self._prepare(a), self._prepare(b)
         return self._calc(ga, gb), self._calc(gb, ga)
 
     def _calc(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -182,6 +183,12 @@ class _Cv2Backend:
     def __repr__(self) -> str:
         args = ", ".join(f"{k}={v!r}" for k, v in self.params().items())
         return f"{type(self).__name__}({args})"
+
+
+class _Cv2Backend(_GrayBackend):
+    """The OpenCV backends: lazily built (so picklable) estimators."""
+
+    version = f"opencv-{cv2.__version__}"
 
 
 class DISBackend(_Cv2Backend):
@@ -233,6 +240,66 @@ class FarnebackBackend(_Cv2Backend):
         flags = cv2.OPTFLOW_FARNEBACK_GAUSSIAN if p["gaussian"] else 0
         return cv2.calcOpticalFlowFarneback(a, b, None, p["pyr_scale"], p["levels"], p["winsize"],
                                             p["iterations"], p["poly_n"], p["poly_sigma"], flags)
+
+
+class _SkimageBackend(_GrayBackend):
+    """The scikit-image backends: grayscale in [0, 1], (row, col) output turned into (dx, dy).
+
+    They are slower than OpenCV's but come from other algorithm families, so
+    they serve as independent judges of a render's temporal stability
+    (``filmstyle eval``): Farneback, the other OpenCV method, misses the large
+    motion of handheld close-ups (13 px/frame on the cockatoo clip, where it
+    returns about 1 px and its consistency check passes).
+    """
+
+    FUNCTION = ""
+
+    def __init__(self, **params: Any):
+        try:
+            import skimage
+            import skimage.registration  # noqa: F401
+        except ImportError:
+            raise InputError(f"flow backend {self.name!r} needs scikit-image (pip install scikit-image)") from None
+        self.version = f"skimage-{skimage.__version__}"
+        self._params = params
+
+    @staticmethod
+    def _prepare(frame: np.ndarray) -> np.ndarray:
+        return _gray(frame).astype(np.float32) / 255.0
+
+    def params(self) -> dict[str, Any]:
+        return dict(self._params)
+
+    def _calc(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        from skimage import registration
+
+        # skimage returns the flow that registers b onto a: a(x) ~ b(x + flow(x)), i.e. a -> b here.
+        rows, cols = getattr(registration, self.FUNCTION)(a, b, **self._params)
+        return np.ascontiguousarray(np.stack([cols, rows], axis=-1), dtype=np.float32)
+
+
+class TVL1Backend(_SkimageBackend):
+    """TV-L1 (Zach et al. 2007; Wedel et al. 2009): a global variational method, about 2 s a flow at 640x360."""
+
+    name = "tvl1"
+    FUNCTION = "optical_flow_tvl1"
+
+    def __init__(self, num_warp: int = 5, num_iter: int = 10, attachment: float = 15.0):
+        if num_warp < 1 or num_iter < 1 or attachment <= 0:
+            raise InputError("TV-L1 needs num_warp >= 1, num_iter >= 1 and attachment > 0")
+        super().__init__(num_warp=int(num_warp), num_iter=int(num_iter), attachment=float(attachment))
+
+
+class ILKBackend(_SkimageBackend):
+    """Iterative Lucas-Kanade with a Gaussian window, dense: about 0.7 s a flow at 640x360."""
+
+    name = "ilk"
+    FUNCTION = "optical_flow_ilk"
+
+    def __init__(self, radius: int = 10, num_warp: int = 10):
+        if radius < 1 or num_warp < 1:
+            raise InputError("ILK needs radius >= 1 and num_warp >= 1")
+        super().__init__(radius=int(radius), num_warp=int(num_warp))
 
 
 class RAFTBackend:
@@ -318,6 +385,8 @@ def _hub_checkpoint(url: str) -> Path:
 FLOW_BACKENDS: dict[str, Callable[..., FlowBackend]] = {
     "dis": DISBackend,
     "farneback": FarnebackBackend,
+    "tvl1": TVL1Backend,
+    "ilk": ILKBackend,
     "raft": RAFTBackend,
 }
 

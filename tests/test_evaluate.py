@@ -42,7 +42,26 @@ def test_blend_scores_better_and_seams_are_measured(renders, tmp_path):
     E.plot(res["flow-blend"], str(plot), shot_starts=[24], chunk_starts=[8, 16, 32, 40])
     assert plot.stat().st_size > 1000
     d = json.loads(res["flow-blend"].to_json())
-    assert d["frames"] == 48 and d["flow_backend"] == "farneback"
+    assert d["frames"] == 48 and d["flow_backend"] == "tvl1"
+
+
+def test_judge_flow_is_cached_and_a_second_evaluation_computes_none(renders, tmp_path, monkeypatch):
+    clip, reports = renders
+    cache = str(tmp_path / "judge")
+    first = E.evaluate(reports["per-frame"].output, clip, width=96, shot_starts=[0, 24], flow_cache=cache)
+    stored = list((tmp_path / "judge").rglob("*"))
+    assert sum(p.is_file() for p in stored) == 46  # one entry per pair inside the shots
+
+    def no_flow(*a, **k):
+        raise AssertionError("the judge's flow was computed again")
+
+    monkeypatch.setattr(E, "compute_pair", no_flow)
+    again = E.evaluate(reports["per-frame"].output, clip, width=96, shot_starts=[0, 24], flow_cache=cache)
+    other = E.evaluate(reports["flow-blend"].output, clip, width=96, shot_starts=[0, 24], flow_cache=cache)
+    assert again.warping_error == first.warping_error
+    assert other.warping_error < first.warping_error
+    with pytest.raises(AssertionError, match="computed again"):  # another judge has its own entries
+        E.evaluate(reports["per-frame"].output, clip, width=96, flow_backend="farneback", flow_cache=cache)
 
 
 def test_style_loss_against_an_image(renders):
@@ -77,9 +96,11 @@ def test_eval_cli_reads_the_report(renders, tmp_path):
     _, reports = renders
     out = reports["flow-blend"].output
     proc = subprocess.run([sys.executable, "-m", "pipeline.cli", "eval", out, "--width", "96", "--style", "none",
-                           "--json", str(tmp_path / "e.json"), "--plot", str(tmp_path / "e.png")],
+                           "--json", str(tmp_path / "e.json"), "--plot", str(tmp_path / "e.png"),
+                           "--flow-cache", str(tmp_path / "fc")],
                           capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     assert "warping error" in proc.stdout and "seams" in proc.stdout
     d = json.loads((tmp_path / "e.json").read_text())
     assert d["seam"]["ratio"] > 0 and (tmp_path / "e.png").is_file()
+    assert any(p.is_file() for p in (tmp_path / "fc").rglob("*"))  # the judge's flow was kept

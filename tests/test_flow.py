@@ -207,6 +207,9 @@ def test_registry_errors():
         make_flow_backend("dis", nonsense=1)
     assert make_flow_backend("dis").params() == {"preset": "medium"}
     assert make_flow_backend("farneback", levels=3).params()["levels"] == 3
+    with pytest.raises(InputError, match="TV-L1"):
+        make_flow_backend("tvl1", num_warp=0)
+    assert make_flow_backend("ilk", radius=5).params() == {"radius": 5, "num_warp": 10}
 
 
 def test_raft_is_optional():
@@ -258,21 +261,25 @@ def test_raft_wrapper_with_a_stand_in_network(tmp_path, monkeypatch):
     np.testing.assert_allclose(pickle.loads(pickle.dumps(backend))(a, b), forward, atol=1e-6)
 
 
-def test_backends_pickle_after_use():
+@pytest.mark.parametrize("name, params", [("dis", {"preset": "fast"}), ("tvl1", {"num_warp": 2}), ("ilk", {})])
+def test_backends_pickle_after_use(name, params):
     frames, _ = camera_move("chelsea", 3, (64, 48), "pan")
-    backend = make_flow_backend("dis", preset="fast")
+    backend = make_flow_backend(name, **params)
     backend(frames[0], frames[1])  # builds the cv2 object
     clone = pickle.loads(pickle.dumps(backend))
     np.testing.assert_array_equal(clone(frames[0], frames[1]), backend(frames[0], frames[1]))
+    assert clone.version == backend.version and clone.params() == backend.params()
 
 
 # Synthetic pan: 5 px/frame over a textured photo at 320x180; EPE where the target is in frame.
-# Measured: dis ultrafast 0.20, fast 0.13, medium 0.05, farneback 0.18.
+# Measured: dis ultrafast 0.20, fast 0.13, medium 0.05, farneback 0.18, tvl1 0.04, ilk 0.04.
 @pytest.mark.parametrize("name, params, bound", [
     ("dis", {"preset": "ultrafast"}, 0.5),
     ("dis", {"preset": "fast"}, 0.4),
     ("dis", {"preset": "medium"}, 0.15),
     ("farneback", {}, 0.5),
+    ("tvl1", {}, 0.15),
+    ("ilk", {}, 0.15),
 ])
 def test_backend_epe_on_synthetic_pan(name, params, bound):
     frames, flows = camera_move("chelsea", 17, (320, 180), "pan")
