@@ -49,6 +49,13 @@ def _add_flow_options(p: argparse.ArgumentParser, d, *, blend: bool = True) -> N
         g.add_argument("--strength", type=float, default=d.strength,
                        help=f"flow-blend: weight of the warped previous output, 0-1 (default: {d.strength})")
         g.add_argument("--refine", action="store_true", help="flow-blend: run the net again on the blended frame")
+        g.add_argument("--blend-mask", default=d.blend_mask, choices=["photometric", "consistency"],
+                       help="flow-blend: where to trust the warp: where the warped previous source frame matches "
+                            "the current one (photometric), or the flow's occlusion mask (default: "
+                            f"{d.blend_mask})")
+        g.add_argument("--no-keep-detail", dest="keep_detail", action="store_false",
+                       help="flow-blend: leave the blend's fine detail flattened (default: scaled back to the "
+                            "fresh frame's)")
 
 
 def _add_engine_options(p: argparse.ArgumentParser) -> None:
@@ -251,7 +258,8 @@ def _render_config(args):
         threshold=args.threshold, min_shot_frames=args.min_shot_frames, workdir=args.workdir,
         cache_dir=args.cache_dir, keep_work=args.keep_work, threads=args.threads, report=args.report,
         flow_backend=args.flow_backend, flow_preset=args.flow_preset, flow_cache=args.flow_cache,
-        soft_mask=args.soft_mask, strength=args.strength, refine=args.refine, **_s3_options(args))
+        soft_mask=args.soft_mask, strength=args.strength, refine=args.refine, blend_mask=args.blend_mask,
+        keep_detail=args.keep_detail, **_s3_options(args))
 
 
 def _log(args):

@@ -75,8 +75,10 @@ class RenderConfig:
     flow_preset: str = "medium"  # DIS preset
     flow_cache: str | None = None  # URI (folder or s3://); default: CACHE/flow, or beside an s3:// output
     soft_mask: bool = False
-    strength: float = 0.5  # flow-blend: see FlowBlendStylizer for the trade-off
+    strength: float = 0.6  # flow-blend: see FlowBlendStylizer for the trade-off
     refine: bool = False  # flow-blend
+    blend_mask: str = "photometric"  # flow-blend: photometric | consistency
+    keep_detail: bool = True  # flow-blend
     workdir: str | None = None  # URI; default: CACHE/work/KEY, or beside an s3:// output
     cache_dir: str | None = None  # node-local cache root (downloads, shots, mezzanines)
     keep_work: bool = False
@@ -92,7 +94,8 @@ class RenderConfig:
         return ShotParams(detector=self.detector, threshold=self.threshold, min_shot_frames=self.min_shot_frames)
 
     def method_options(self) -> dict:
-        return {"strength": self.strength, "refine": self.refine}
+        return {"strength": self.strength, "refine": self.refine, "blend_mask": self.blend_mask,
+                "keep_detail": self.keep_detail}
 
     def flow_backend_params(self) -> dict:
         return {"preset": self.flow_preset} if self.flow_backend == "dis" else {}
