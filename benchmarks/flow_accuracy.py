@@ -29,7 +29,7 @@ from pipeline.metrics import end_point_error, read_flo  # noqa: E402
 
 SINTEL = ROOT.parent / "shared" / "data" / "flow" / "sintel"
 CONFIGS = [("dis", {"preset": "ultrafast"}), ("dis", {"preset": "fast"}), ("dis", {"preset": "medium"}),
-           ("farneback", {}), ("raft", {"model": "small"}), ("raft", {"model": "large"})]
+           ("farneback", {}), ("tvl1", {}), ("ilk", {}), ("raft", {"model": "small"}), ("raft", {"model": "large"})]
 SIZES = [(640, 360), (1280, 720)]
 
 
