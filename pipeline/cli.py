@@ -190,7 +190,7 @@ def build_parser() -> argparse.ArgumentParser:
                                                  "(default: from the report; 'none' to skip)")
     p.add_argument("--width", type=_positive_int, default=640, help="evaluation width (default: 640)")
     p.add_argument("--flow-backend", default="tvl1",
-                   help="flow for the metric: a method the render did not use (default: tvl1, about 4 s a "
+                   help="flow for the metric: a method the render did not use (default: tvl1, about 2 s a "
                         "frame pair at 640 px, cached; farneback is fast but misses large motion)")
     p.add_argument("--flow-cache", default=None, metavar="URI",
                    help="where the metric's flow is kept (default: the render's flow cache folder; 'none': "

@@ -8,7 +8,7 @@
   13 px/frame Farneback returned about 1 px and passed its own consistency
   check, so it scored the per-frame output's texture, which stays put, as
   steady and flow-guided texture, which moves with the bird, as flicker.
-  TV-L1 takes about 4 s a frame pair at 640x360 on two cores: its pairs are
+  TV-L1 takes about 2 s a frame pair at 640x360 on two cores: its pairs are
   kept in a flow cache, so a second evaluation of the same source (another
   method, another style) computes none.
 - Seam error: the warping error at the first frame of each chunk that is not a
