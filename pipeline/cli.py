@@ -356,6 +356,7 @@ def cmd_probe(args) -> int:
 
 def cmd_eval(args) -> int:
     from .evaluate import evaluate, plot
+    from .render import cache_root
 
     report_path = Path(args.report or f"{args.output}.report.json")
     report = json.loads(report_path.read_text()) if report_path.is_file() else {}
@@ -364,8 +365,6 @@ def cmd_eval(args) -> int:
         raise FilmstyleError(f"{args.output}: no --source given and no report at {report_path}")
     style = args.style or report.get("style")
     shots, chunks = report.get("shot_starts") or [0], report.get("chunk_starts") or []
-    from .render import cache_root
-
     flow_cache = args.flow_cache or str(cache_root() / "flow")
     result = evaluate(args.output, source, width=args.width, flow_backend=args.flow_backend, shot_starts=shots,
                       chunk_starts=chunks, style=None if style in (None, "none") else style,
