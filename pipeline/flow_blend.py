@@ -12,20 +12,21 @@ cockatoo clip (280 frames at 640 px, shipped starry_night, through the render's
 encode; warping error relative to per-frame judged with TV-L1 flow, style loss
 relative to per-frame):
 
-* **Photometric confidence** (``mask="photometric"``, Lai et al. 2018):
+* **Photometric confidence** (``blend_mask="photometric"``, Lai et al. 2018):
   M_t = exp(-50 ||I_t - W(I_{t-1})||^2) on pixels whose source lies in frame,
   the source frames in [0, 1]. The forward-backward consistency mask of the
-  flow stage (``mask="consistency"``) rejected a fifth of the frame where DIS is
-  ambiguous but the warp is right (smooth, out-of-focus areas), and the fresh,
-  flickering texture showed there. At strength 0.5: 0.42x of the per-frame
-  warping error with the photometric mask against 0.51x with the consistency mask.
+  flow stage (``blend_mask="consistency"``) rejected a fifth of the frame where
+  DIS is ambiguous but the warp is right (smooth, out-of-focus areas), and the
+  fresh, flickering texture showed there. At strength 0.4: 0.44x of the
+  per-frame warping error with the photometric mask against 0.57x with the
+  consistency mask.
 * **Detail keeping** (``keep_detail``): averaging texture from different
   frames flattens it, and the style loss rose with the strength (+19% at 0.5,
   +27% at 0.7 with the consistency mask). The blend's fine detail (above a
   Gaussian of sigma 1.5 px) is scaled back to the energy that the fresh
   stylization has there, per channel, in proportion to each pixel's blend
   weight (a gain of at most 1.5): a stable texture gains contrast and stays
-  stable. Strength 0.6 with both: 0.45x at +10.5% style loss; without detail
+  stable. Strength 0.6 with both: 0.45x at +10.4% style loss; without detail
   keeping the photometric blend costs +22.7% already at strength 0.4.
 * **Bicubic warp** of the carried output: it is warped again at every frame,
   and bilinear sampling's blur compounds along the trajectory (strength 0.7 on
@@ -95,7 +96,7 @@ class FlowBlendStylizer:
 
     def params(self) -> dict:
         return {"method": self.name, "model": self.model_hash, "precision": self.run.precision,
-                "strength": self.strength, "refine": self.refine, "warp": "cubic", "mask": self.blend_mask,
+                "strength": self.strength, "refine": self.refine, "warp": "cubic", "blend_mask": self.blend_mask,
                 "keep_detail": self.keep_detail}
 
     def stylize(self, frames, first_index, state=None, flow=None):

@@ -89,7 +89,7 @@ def test_masks_and_options(tiny_styles):
     with pytest.raises(ValueError, match="mask"):
         FlowBlendStylizer(tiny_styles[0], blend_mask="sometimes")
     p = FlowBlendStylizer(tiny_styles[0]).params()
-    assert p["mask"] == "photometric" and p["keep_detail"] is True and p["strength"] == 0.6
+    assert p["blend_mask"] == "photometric" and p["keep_detail"] is True and p["strength"] == 0.6
 
 
 def test_cli_passes_the_blend_options():
