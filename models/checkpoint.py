@@ -38,7 +38,7 @@ def save_style_model(path: str | Path, net: TransformerNet, card: dict, *, dtype
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     card = dict(card, architecture=net.config.to_dict(), dtype=str(dtype).removeprefix("torch."))
-    tensors = {k: (v.detach().to(dtype) if v.is_floating_point() else v.detach()).contiguous()
+    tensors = {k: (v.detach().to(dtype) if v.is_floating_point() else v.detach()).cpu().contiguous()
                for k, v in net.state_dict().items()}
     tmp = path.with_name(path.name + ".part")
     save_file(tensors, str(tmp), metadata={CARD_KEY: json.dumps(card, sort_keys=True)})

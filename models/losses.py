@@ -115,3 +115,88 @@ def temporal_feature_loss(f_t: torch.Tensor, warped_f_prev: torch.Tensor, mask: 
     if m.shape[-2:] != f_t.shape[-2:]:
         m = F.interpolate(m, size=f_t.shape[-2:], mode="area")
     return (m * (f_t.float() - warped_f_prev.float())).pow(2).mean()
+
+
+# ---------------------------------------------------------------- tone (light and dark)
+
+#: The tone measure looks at the image at this width, blurred with this sigma (pixels): the
+#: scale of a film's lighting (a window, a face in shadow), not of its texture or strokes.
+TONE_WIDTH = 256
+TONE_SIGMA = 4.0
+
+
+def _gaussian_blur(img: torch.Tensor, sigma: float) -> torch.Tensor:
+    radius = max(1, int(round(3 * sigma)))
+    x = torch.arange(-radius, radius + 1, dtype=img.dtype, device=img.device)
+    k = torch.exp(-0.5 * (x / sigma) ** 2)
+    k = k / k.sum()
+    c = img.shape[1]
+    pad_h, pad_w = min(radius, img.shape[-2] - 1), min(radius, img.shape[-1] - 1)
+    out = F.pad(img, (pad_w, pad_w, 0, 0), mode="reflect")
+    out = F.conv2d(out, k[radius - pad_w:radius + pad_w + 1].view(1, 1, 1, -1).expand(c, 1, 1, -1), groups=c)
+    out = F.pad(out, (0, 0, pad_h, pad_h), mode="reflect")
+    return F.conv2d(out, k[radius - pad_h:radius + pad_h + 1].view(1, 1, -1, 1).expand(c, 1, -1, 1), groups=c)
+
+
+def blurred_luminance(img: torch.Tensor, width: int = TONE_WIDTH, sigma: float = TONE_SIGMA) -> torch.Tensor:
+    """(N, 3, H, W) RGB in [0, 1] -> (N, 1, h, width) Rec. 709 luminance, resized and Gaussian-blurred."""
+    img = img.float()
+    h, w = img.shape[-2:]
+    if w != width:
+        img = F.interpolate(img, size=(max(1, round(h * width / w)), width), mode="bilinear",
+                            antialias=True, align_corners=False)
+    return _gaussian_blur(luminance(img), sigma)
+
+
+def tone_correlation(out: torch.Tensor, source: torch.Tensor) -> torch.Tensor:
+    """Pearson correlation of the blurred luminance of ``out`` and ``source``, one value per image.
+
+    1: light and dark sit where the source has them (a night scene stays dark, a window stays
+    bright), whatever the painting's overall level and contrast (the correlation ignores gain
+    and offset). A net that paints every frame one hue scores near 0; Gatys optimization from
+    the photo 0.98.
+    """
+    a = blurred_luminance(out).flatten(1)
+    b = blurred_luminance(source).flatten(1)
+    a = a - a.mean(dim=1, keepdim=True)
+    b = b - b.mean(dim=1, keepdim=True)
+    return (a * b).sum(1) / (a.pow(2).sum(1).sqrt() * b.pow(2).sum(1).sqrt()).clamp_min(1e-8)
+
+
+def tone_loss(out: torch.Tensor, source: torch.Tensor) -> torch.Tensor:
+    """1 - tone correlation, batch mean: keeps the film's light and dark, leaves level and contrast free.
+
+    Why a loss at all: the HED trunk's relu3_3 (the content layer) answers to edges and barely to
+    tone, and neither it nor the Gram matrices say where light and dark go. Optimization from
+    the photo keeps the photo's tones only because it starts there; from noise it paints
+    uniformly (see models/optimize.py), and so does a net, which starts from nothing.
+    """
+    return (1.0 - tone_correlation(out, source)).mean()
+
+
+# ---------------------------------------------------------------- the image losses together
+
+
+def perceptual_terms(feats_y: dict, feats_x: dict, target: StyleTarget, y: torch.Tensor, raw: torch.Tensor,
+                     x: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Every image-phase loss of output ``y`` (raw: before the clamp) for source ``x``, unweighted.
+
+    The nets (models/train.py) and the optimization reference (models/optimize.py) minimise
+    the same terms, so the reference measures how far a net is from the optimum of its own losses.
+    """
+    return {
+        "content": content_loss(feats_y, feats_x),
+        "style": style_loss(feats_y, target),
+        "tv": tv_loss(y.float()),
+        "range": range_loss(raw.float()),
+        "tone": tone_loss(y, x),
+    }
+
+
+def weighted_total(terms: dict, weights: dict) -> torch.Tensor:
+    """Sum of the weighted terms; a term without a weight is logged but not optimised."""
+    total = 0.0
+    for k, v in terms.items():
+        if weights.get(k):
+            total = total + weights[k] * v
+    return total

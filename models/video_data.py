@@ -129,7 +129,13 @@ class SyntheticPairs:
     def __init__(self, files: list[Path], size: int, load: Callable[[Path], np.ndarray] = load_rgb):
         if not files:
             raise InputError("synthetic video pairs need at least one content photo")
-        self.files, self.size, self.load = files, size, load
+        self.files, self.size, self._load = files, size, load
+        self._decoded: dict[Path, np.ndarray] = {}  # decoded once: a JPEG decode per sample starves a GPU
+
+    def load(self, path: Path) -> np.ndarray:
+        if path not in self._decoded:
+            self._decoded[path] = self._load(path)
+        return self._decoded[path]
 
     def _photo(self, g: torch.Generator, min_side: float) -> np.ndarray:
         """A random photo as float32 [0, 1], scaled so its short side is ``min_side``, maybe mirrored."""
