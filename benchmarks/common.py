@@ -41,3 +41,24 @@ def style_for_benchmark(name: str | None) -> str:
     torch.manual_seed(0)
     path = ROOT / "out" / "bench_random_full.safetensors"
     return str(save_style_model(path, TransformerNet(SIZES["full"]), {"name": "random-full"}))
+
+
+def cpu_description() -> str:
+    """Which CPU a benchmark ran on: model, cores, and whether bf16 convolutions are fast here."""
+    import os
+
+    import torch
+
+    model = "unknown CPU"
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    try:
+        bf16 = torch.ops.mkldnn._is_mkldnn_bf16_supported()
+    except Exception:
+        bf16 = False
+    return f"{model}, {os.cpu_count()} cores, {'AVX-512 BF16' if bf16 else 'no fast bf16'}"

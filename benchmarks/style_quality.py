@@ -1,23 +1,27 @@
-"""How strongly each shipped style styles, and how much content survives.
+"""The style judge: does each shipped net paint like its painting, keep the photo, keep its light?
 
 On the BSDS500 *test* photos (never used in training), for every shipped style:
-- style loss of the unstyled photo and of the stylized photo against the style
-  image (relative Gram loss over relu1_2..relu4_3, as in training); the ratio
-  is how much closer to the painting the net brings each photo;
-- content loss (relu3_3, relative) between the stylized photo and the photo,
-  next to the same loss between two unrelated test photos: the content bound.
-  A stylized photo must stay well below "a different photo" (we require
-  < 0.75 of it): its objects are still where they were.
+- at the working width 512, on all 200: the style loss (relative Gram loss over
+  relu1_2..relu4_3 against the painting, as in training) of the photo and of the stylized photo,
+  their ratio (the reduction), the content loss (relu3_3, relative) and the tone correlation
+  (models/losses.tone_correlation: 1 = light and dark where the photo has them);
+- against the optimum on the first 10, at 256 px: the same numbers for Gatys optimization of the
+  image itself (models/optimize.py, 150 L-BFGS steps from the photo) with the net's own loss
+  network, painting size and loss weights. The optimum costs minutes per photo on a CPU, so it
+  is cached (content-addressed: painting, photo, size, weights, optimizer) in
+  $FILMSTYLE_CACHE/optimum (default ~/.cache/filmstyle/optimum); ``--import-optimum DIR`` takes
+  the optima that scripts/train_styles.py computed on a GPU.
+Targets (issue 17): tone >= 0.9; reduction >= 5x; net style <= 2x the optimum's at content
+<= 1.25x the optimum's. Writes the README table and docs/styles.png (painting; then per photo:
+photo, net, optimum).
 
-Writes a markdown table (README) and docs/styles.png, a contact sheet of
-style, photo and result for three test photos.
-
-    .venv/bin/python benchmarks/style_quality.py [--limit 200] [--sheet docs/styles.png]
+    .venv/bin/python benchmarks/style_quality.py [--limit 200] [--styles starry_night mosaic]
 """
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -28,120 +32,246 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data"
-CONTENT_BOUND = 0.75  # fraction of the unrelated-photo content loss a stylized photo must stay under
-SHEET_PHOTOS = ("10081.jpg", "100039.jpg", "101084.jpg")
+TEST = DATA / "content" / "bsds500" / "test"
+WIDTH, OPTIMUM_WIDTH, OPTIMUM_PHOTOS = 512, 256, 10
+SHEET_PHOTOS = ("10081.jpg", "100039.jpg", "101084.jpg")  # among the first 10: they have optima
+TARGETS = {"tone": 0.9, "reduction": 5.0, "style_vs_optimum": 2.0, "content_vs_optimum": 1.25}
 
 
-def load(path, max_side=None) -> torch.Tensor:
+def at_width(path: Path, width: int) -> torch.Tensor:
     from models.train import load_rgb, to_tensor
 
-    return to_tensor(load_rgb(path, max_side))[None]
+    x = to_tensor(load_rgb(path))[None]
+    h, w = x.shape[-2:]
+    return torch.nn.functional.interpolate(x, size=(max(4, round(h * width / w)), width), mode="bilinear",
+                                           antialias=True, align_corners=False).clamp(0, 1)
+
+
+def cache_folder() -> Path:
+    root = os.environ.get("FILMSTYLE_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "filmstyle")
+    return Path(root) / "optimum"
+
+
+class Style:
+    """A shipped (or given) net with what judging it needs: painting target, loss weights."""
+
+    def __init__(self, name: str, vgg):
+        from models import losses as L
+        from models.checkpoint import load_style_model, resolve_style
+        from models.train import TrainConfig, load_rgb, to_tensor
+
+        self.name = name
+        self.net, self.card = load_style_model(resolve_style(name))
+        cfg = self.card.get("config", {})
+        self.style_size = int(cfg.get("style_size") or TrainConfig.style_size)
+        self.painting = DATA / "styles" / self.card["style_image"]
+        with torch.no_grad():
+            self.target = L.StyleTarget(vgg(to_tensor(load_rgb(self.painting, self.style_size))[None]))
+        self.weights = {k: float(v) for k, v in self.card["losses"]["weights"].items()
+                        if k in ("content", "style", "tv", "range", "tone")}
+
+    @torch.no_grad()
+    def stylize(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net.stylize(x).clamp(0, 1)
 
 
 @torch.no_grad()
-def evaluate(style_name: str, photos: list[Path], vgg) -> dict:
+def measure(vgg, target, x: torch.Tensor, y: torch.Tensor) -> dict:
     from models import losses as L
-    from models.checkpoint import load_style_model, resolve_style
 
-    net, card = load_style_model(resolve_style(style_name))
-    style_img = DATA / "styles" / card["style_image"]
-    target = L.StyleTarget(vgg(load(style_img, card.get("config", {}).get("style_size", 320))))
-    before, after, content = [], [], []
+    fx, fy = vgg(x), vgg(y)
+    return {"style_photo": float(L.style_loss(fx, target)), "style": float(L.style_loss(fy, target)),
+            "content": float(L.content_loss(fy, fx)), "tone": float(L.tone_correlation(y, x)[0])}
+
+
+def mean_rows(rows: list[dict]) -> dict:
+    out = {k: float(np.mean([r[k] for r in rows])) for k in rows[0]}
+    out["reduction"] = out["style_photo"] / out["style"]
+    out["tone_min"] = float(min(r["tone"] for r in rows))
+    return out
+
+
+def judge_net(style: Style, photos: list[Path], vgg) -> dict:
+    rows = []
     for p in photos:
-        x = load(p)
-        y = net.stylize(x).clamp(0, 1)
-        fx, fy = vgg(x), vgg(y)
-        before.append(float(L.style_loss(fx, target)))
-        after.append(float(L.style_loss(fy, target)))
-        content.append(float(L.content_loss(fy, fx)))
-    return {"style_before": float(np.mean(before)), "style_after": float(np.mean(after)),
-            "ratio": float(np.mean(before) / np.mean(after)), "content": float(np.mean(content)),
-            "style_image": card["style_image"], "steps": card.get("steps")}
+        x = at_width(p, WIDTH)
+        rows.append(measure(vgg, style.target, x, style.stylize(x)))
+    return mean_rows(rows)
 
 
-@torch.no_grad()
-def unrelated_content_loss(photos: list[Path], vgg, pairs: int = 50) -> float:
-    from models import losses as L
+def optimum_for(style: Style, photo: Path, vgg, cache) -> torch.Tensor:
+    from models.checkpoint import file_digest
+    from models.optimize import OptimizeConfig, optimize, optimum_key
 
-    rng = np.random.default_rng(0)
-    vals = []
-    for _ in range(pairs):
-        i, j = rng.choice(len(photos), 2, replace=False)
-        a, b = load(photos[i]), load(photos[j])
-        if a.shape != b.shape:  # portrait vs landscape: compare at a common size
-            b = torch.nn.functional.interpolate(b, size=a.shape[-2:], mode="bilinear", antialias=True)
-        vals.append(float(L.content_loss(vgg(b), vgg(a))))
-    return float(np.mean(vals))
+    cfg = OptimizeConfig()
+    key = optimum_key(file_digest(style.painting), style.style_size, file_digest(photo), OPTIMUM_WIDTH,
+                      style.weights, cfg)
+    y = cache.get(key)
+    if y is None:
+        print(f"  optimum of {style.name} on {photo.name} (not cached: minutes on a CPU)", flush=True)
+        y, record = optimize(at_width(photo, OPTIMUM_WIDTH), vgg, style.target, style.weights, cfg)
+        record.pop("history")
+        cache.put(key, y, dict(record, loss_network=vgg.source, photo=photo.name, style=style.painting.name))
+    return y
 
 
-@torch.no_grad()
-def contact_sheet(styles: list[str], out: Path, height: int = 200) -> None:
+def judge_against_optimum(style: Style, photos: list[Path], vgg, cache) -> dict:
+    net_rows, opt_rows = [], []
+    for p in photos:
+        x = at_width(p, OPTIMUM_WIDTH)
+        net_rows.append(measure(vgg, style.target, x, style.stylize(x)))
+        opt_rows.append(measure(vgg, style.target, x, optimum_for(style, p, vgg, cache)))
+    net, opt = mean_rows(net_rows), mean_rows(opt_rows)
+    return {"net": net, "optimum": opt, "style_vs_optimum": net["style"] / opt["style"],
+            "content_vs_optimum": net["content"] / opt["content"]}
+
+
+def import_optimum(folder: Path, cache) -> int:
+    """Take the optima of scripts/train_styles.py (``optimum.json`` + STYLE__PHOTO.png) into the cache."""
     from PIL import Image
 
-    from models.checkpoint import load_style_model, resolve_style
+    from models.checkpoint import file_digest
+    from models.optimize import OptimizeConfig, optimum_key
+    from models.train import TrainConfig
+
+    meta = json.loads((folder / "optimum.json").read_text())
+    count = 0
+    for name, record in meta["records"].items():
+        style, photo = name.split("/")
+        png = folder / f"{style}__{Path(photo).stem}.png"
+        painting, original = DATA / "styles" / f"{style}.jpg", TEST / photo
+        if not (png.exists() and painting.exists() and original.exists()):
+            continue
+        cfg = OptimizeConfig(**record["config"])
+        key = optimum_key(file_digest(painting), meta.get("style_size", TrainConfig.style_size), file_digest(original),
+                          OPTIMUM_WIDTH,
+                          meta["weights"], cfg)
+        img = torch.from_numpy(np.asarray(Image.open(png).convert("RGB")).copy()).permute(2, 0, 1)[None] / 255.0
+        cache.put(key, img.float(), dict(record, imported_from=str(folder), note=meta.get("note", "")))
+        count += 1
+    return count
+
+
+@torch.no_grad()
+def contact_sheet(styles: list[Style], vgg, cache, out: Path, height: int = 180) -> None:
+    from PIL import Image
+
     from models.train import load_rgb
 
-    def fit(img: np.ndarray) -> Image.Image:
-        im = Image.fromarray(img)
+    def tile(t: torch.Tensor) -> Image.Image:
+        im = Image.fromarray((t[0].permute(1, 2, 0).numpy() * 255 + 0.5).astype(np.uint8))
         return im.resize((max(1, round(im.width * height / im.height)), height), Image.LANCZOS)
 
     rows = []
-    for name in styles:
-        net, card = load_style_model(resolve_style(name))
-        tiles = [fit(load_rgb(DATA / "styles" / card["style_image"], 800))]
-        for photo in SHEET_PHOTOS:
-            img = load_rgb(DATA / "content" / "bsds500" / "test" / photo)
-            y = net.stylize(torch.from_numpy(img).permute(2, 0, 1)[None].float() / 255).clamp(0, 1)
-            tiles += [fit(img), fit((y[0].permute(1, 2, 0).numpy() * 255 + 0.5).astype(np.uint8))]
+    for s in styles:
+        painting = Image.fromarray(load_rgb(s.painting, 800))
+        tiles = [painting.resize((max(1, round(painting.width * height / painting.height)), height), Image.LANCZOS)]
+        for name in SHEET_PHOTOS:
+            x = at_width(TEST / name, WIDTH)
+            tiles += [tile(x), tile(s.stylize(x)), tile(optimum_for(s, TEST / name, vgg, cache))]
         rows.append(tiles)
     gap = 6
-    width = max(sum(t.width for t in r) + gap * (len(r) - 1) for r in rows)
+    width = max(sum(t.width for t in r) + gap * (len(r) + 2) for r in rows)
     sheet = Image.new("RGB", (width, len(rows) * (height + gap) - gap), "white")
     for r, tiles in enumerate(rows):
         x = 0
         for i, t in enumerate(tiles):
             sheet.paste(t, (x, r * (height + gap)))
-            x += t.width + (gap * 3 if i == 0 else gap)
+            x += t.width + (gap * 4 if i % 3 == 0 else gap)  # a wider gap before each photo's triple
     out.parent.mkdir(parents=True, exist_ok=True)
     sheet.save(out)
 
 
+@torch.no_grad()
+def scale_sheet(style: str, out: Path, photo: Path = DATA / "content" / "chicago.jpg", width: int = 640,
+                scales=(1.0, 1.5, 2.0, 3.0)) -> None:
+    """The stroke-size control (``--style-scale``) on one photo at the default working width."""
+    from PIL import Image, ImageDraw
+
+    from models.checkpoint import resolve_style
+    from pipeline.stylize import make_stylizer
+
+    x = at_width(photo, width)
+    frame = (x[0].permute(1, 2, 0).numpy() * 255 + 0.5).astype(np.uint8)
+    tiles = []
+    for s in scales:
+        y, _ = make_stylizer("per-frame", resolve_style(style), style_scale=s).stylize(frame[None], 0, None)
+        im = Image.fromarray(y[0])
+        ImageDraw.Draw(im).text((8, 8), f"--style-scale {s:g}", fill=(255, 255, 255))
+        tiles.append(im)
+    sheet = Image.new("RGB", (2 * tiles[0].width + 6, 2 * tiles[0].height + 6), "white")
+    for i, t in enumerate(tiles):
+        sheet.paste(t, ((i % 2) * (t.width + 6), (i // 2) * (t.height + 6)))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    sheet.save(out)
+
+
+def verdict(row: dict, vs: dict | None) -> str:
+    ok = row["tone"] >= TARGETS["tone"] and row["reduction"] >= TARGETS["reduction"]
+    if vs is not None:
+        ok = ok and vs["style_vs_optimum"] <= TARGETS["style_vs_optimum"] \
+            and vs["content_vs_optimum"] <= TARGETS["content_vs_optimum"]
+    return "yes" if ok else "NO"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--limit", type=int, default=200, help="test photos to use (default: all 200)")
+    ap.add_argument("--limit", type=int, default=200, help="test photos for the net (default: all 200)")
     ap.add_argument("--styles", nargs="*", default=None, help="default: every shipped style")
-    ap.add_argument("--sheet", default=str(ROOT / "docs" / "styles.png"))
+    ap.add_argument("--optimum-photos", type=int, default=OPTIMUM_PHOTOS, help="0: skip the optimum")
+    ap.add_argument("--import-optimum", default=None, metavar="DIR", help="optima from scripts/train_styles.py")
+    ap.add_argument("--sheet", default=str(ROOT / "docs" / "styles.png"), help="'' for none")
+    ap.add_argument("--scale-sheet", default=None, metavar="PNG",
+                    help="also draw the --style-scale picture (docs/style_scale.png) with the first style")
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
 
+    from benchmarks.common import cpu_description
     from models import losses as L
     from models.checkpoint import shipped_styles
+    from models.optimize import OptimumCache
     from models.vgg import loss_network
     from pipeline.memtune import tune_malloc
 
     tune_malloc()
-    test_dir = DATA / "content" / "bsds500" / "test"
-    if not test_dir.is_dir():
-        sys.exit(f"skipped: {test_dir} is absent")
-    photos = sorted(test_dir.glob("*.jpg"))[: args.limit]
-    styles = args.styles or list(shipped_styles())
+    if not TEST.is_dir():
+        sys.exit(f"skipped: {TEST} is absent")
+    cache = OptimumCache(cache_folder())
+    if args.import_optimum:
+        print(f"imported {import_optimum(Path(args.import_optimum), cache)} optima into {cache.folder}")
+    photos = sorted(TEST.glob("*.jpg"))[: args.limit]
     vgg = loss_network(tuple(sorted(set(L.STYLE_LAYERS) | set(L.CONTENT_LAYERS))))
-    unrelated = unrelated_content_loss(photos, vgg)
-    results = {name: evaluate(name, photos, vgg) for name in styles}
-    print(f"{len(photos)} BSDS500 test photos; loss network: {vgg.source}")
-    print(f"content loss between unrelated photos: {unrelated:.3f}; bound for stylized photos: "
-          f"{CONTENT_BOUND} x that = {CONTENT_BOUND * unrelated:.3f}")
-    print("| style | steps | style loss, photo | style loss, stylized | reduction | content loss | within bound |")
-    print("|---|---|---|---|---|---|---|")
+    styles = [Style(n, vgg) for n in (args.styles or list(shipped_styles()))]
+    results = {}
+    for s in styles:
+        row = judge_net(s, photos, vgg)
+        vs = judge_against_optimum(s, sorted(TEST.glob("*.jpg"))[: args.optimum_photos], vgg, cache) \
+            if args.optimum_photos else None
+        results[s.name] = {"net": row, "vs_optimum": vs, "steps": s.card.get("steps"),
+                           "norm": s.net.config.norm, "weights": s.weights}
+        print(f"{s.name}: {json.dumps(results[s.name])}", flush=True)
+
+    print(f"\n{len(photos)} BSDS500 test photos at width {WIDTH}; optimum on {args.optimum_photos} at {OPTIMUM_WIDTH} px; "
+          f"loss network: {vgg.source}; CPU: {cpu_description()}")
+    print("| style | net | tone (min) | style loss photo -> net | reduction | content | "
+          "optimum: style / content / tone | net at 256: style / content | style vs opt | content vs opt | targets met |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for name, r in results.items():
-        ok = r["ratio"] >= 5 and r["content"] < CONTENT_BOUND * unrelated
-        print(f"| {name} | {r['steps']} | {r['style_before']:.3f} | {r['style_after']:.3f} | {r['ratio']:.1f}x | "
-              f"{r['content']:.3f} | {'yes' if ok else 'NO'} |")
-    if args.sheet:
-        contact_sheet(styles, Path(args.sheet))
+        n, vs = r["net"], r["vs_optimum"]
+        opt = (f"{vs['optimum']['style']:.3f} / {vs['optimum']['content']:.3f} / {vs['optimum']['tone']:.3f} | "
+               f"{vs['net']['style']:.3f} / {vs['net']['content']:.3f} | {vs['style_vs_optimum']:.2f}x | "
+               f"{vs['content_vs_optimum']:.2f}x") if vs else "- | - | - | -"
+        print(f"| {name} | {r['norm']}, {r['steps']} steps | {n['tone']:.3f} ({n['tone_min']:.2f}) | "
+              f"{n['style_photo']:.3f} -> {n['style']:.3f} | {n['reduction']:.1f}x | {n['content']:.3f} | {opt} | "
+              f"{verdict(n, vs)} |")
+    if args.sheet and args.optimum_photos:
+        contact_sheet(styles, vgg, cache, Path(args.sheet))
         print(f"contact sheet: {args.sheet}")
+    if args.scale_sheet:
+        scale_sheet(styles[0].name, Path(args.scale_sheet))
+        print(f"style-scale sheet: {args.scale_sheet}")
     if args.json:
-        Path(args.json).write_text(json.dumps({"unrelated_content": unrelated, "styles": results}, indent=2))
+        Path(args.json).write_text(json.dumps(results, indent=2))
 
 
 if __name__ == "__main__":

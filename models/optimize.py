@@ -95,3 +95,54 @@ def optimize(photo: torch.Tensor, vgg, target: L.StyleTarget, weights: dict,
         "config": cfg.to_dict(),
     }
     return raw.detach().clamp(0, 1), record
+
+
+# ---------------------------------------------------------------- the optimum as a cached reference
+
+
+def optimum_key(style_sha: str, style_size: int, photo_sha: str, size: int, weights: dict,
+                cfg: OptimizeConfig) -> str:
+    """Content address of one optimum: painting, photo, size, loss weights and optimizer settings."""
+    import hashlib
+    import json
+
+    blob = json.dumps({"style": style_sha, "style_size": style_size, "photo": photo_sha, "size": size,
+                       "weights": {k: float(v) for k, v in sorted(weights.items()) if v},
+                       "optimizer": cfg.to_dict()}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:24]
+
+
+class OptimumCache:
+    """Optimum images (PNG) with their records (JSON), by ``optimum_key``: minutes each on a CPU."""
+
+    def __init__(self, folder):
+        from pathlib import Path
+
+        self.folder = Path(folder)
+
+    def paths(self, key: str):
+        return self.folder / f"{key}.png", self.folder / f"{key}.json"
+
+    def get(self, key: str) -> torch.Tensor | None:
+        import numpy as np
+        from PIL import Image
+
+        png, _ = self.paths(key)
+        if not png.exists():
+            return None
+        return torch.from_numpy(np.asarray(Image.open(png).convert("RGB")).copy()).permute(2, 0, 1)[None].float() / 255
+
+    def put(self, key: str, image: torch.Tensor, record: dict) -> None:
+        import json
+        import os
+
+        import numpy as np
+        from PIL import Image
+
+        self.folder.mkdir(parents=True, exist_ok=True)
+        png, js = self.paths(key)
+        arr = (image[0].permute(1, 2, 0).float().cpu().numpy() * 255 + 0.5).clip(0, 255).astype(np.uint8)
+        tmp = png.with_name(f"{png.stem}.{os.getpid()}.part.png")
+        Image.fromarray(arr).save(tmp)
+        js.write_text(json.dumps(record, indent=1))
+        os.replace(tmp, png)  # the image last: a PNG in the cache is a complete entry

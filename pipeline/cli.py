@@ -91,6 +91,9 @@ def _add_render_options(p: argparse.ArgumentParser, *, method_default: str, meth
                    help=f"stylization method (default: {method_default})")
     p.add_argument("--width", type=_positive_int, default=d.width, metavar="W",
                    help=f"working width the network runs at (default: {d.width})")
+    p.add_argument("--style-scale", type=float, default=d.style_scale, metavar="S",
+                   help="stroke size: the network runs at width/S and its output is resized back, so "
+                        "strokes grow with S; the frame size is kept (default: 1)")
     p.add_argument("--out-width", type=_positive_int, default=None, metavar="W",
                    help="delivery width (default: the source's display width)")
     p.add_argument("--upscaler", default=d.upscaler, choices=sorted(UPSCALERS), help="working -> delivery resize")
@@ -220,11 +223,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="folder of clips for real frame pairs (default: ../shared/data/videos when present)")
     v.add_argument("--temporal-weight", type=float, default=None, help="output-level temporal loss weight")
     p.add_argument("--size", default="full", help="network size: full or student")
-    p.add_argument("--steps", type=_positive_int, default=2000)
-    p.add_argument("--batch-size", type=_positive_int, default=4)
-    p.add_argument("--image-size", type=_positive_int, default=256, help="training crop size")
-    p.add_argument("--style-size", type=_positive_int, default=320, help="long side of the style image")
-    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--norm", default=None, choices=["instance", "frn", "none"],
+                   help="normalization layers of the net (default: instance)")
+    p.add_argument("--steps", type=_positive_int, default=None, help="training steps (default: 1600)")
+    p.add_argument("--batch-size", type=_positive_int, default=None, help="default: 8")
+    p.add_argument("--image-size", type=_positive_int, default=None, help="training crop size (default: 256)")
+    p.add_argument("--style-size", type=_positive_int, default=None,
+                   help="long side of the style image: strokes come out at its pixel scale (default: 512)")
+    p.add_argument("--lr", type=float, default=None, help="Adam learning rate (default: 1e-3, video phase 2e-4)")
     p.add_argument("--lr-warmup", type=int, default=None, metavar="STEPS",
                    help="ramp the learning rate up over the first STEPS steps (image phase; default 200)")
     p.add_argument("--grad-clip", type=float, default=None, metavar="NORM",
@@ -232,6 +238,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--content-weight", type=float, default=None)
     p.add_argument("--style-weight", type=float, default=None)
     p.add_argument("--tv-weight", type=float, default=None)
+    p.add_argument("--tone-weight", type=float, default=None,
+                   help="keep the photo's light and dark (1 - correlation of blurred luminance; default 1)")
+    p.add_argument("--device", default="cpu", help="torch device to train on: cpu, cuda, cuda:1 ...")
     p.add_argument("--bf16", choices=["auto", "on", "off"], default="auto", help="bf16 autocast (default: auto)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--checkpoint-every", type=float, default=120.0, metavar="SECONDS")
@@ -253,7 +262,8 @@ def _render_config(args):
 
     return RenderConfig(
         input=args.input, output=args.output, style=args.style, method=args.method, width=args.width,
-        out_width=args.out_width, chunk_frames=args.chunk_frames, upscaler=args.upscaler, crf=args.crf,
+        style_scale=args.style_scale, out_width=args.out_width, chunk_frames=args.chunk_frames,
+        upscaler=args.upscaler, crf=args.crf,
         preset=args.preset, precision=args.precision, batch=args.batch, detector=args.detector,
         threshold=args.threshold, min_shot_frames=args.min_shot_frames, workdir=args.workdir,
         cache_dir=args.cache_dir, keep_work=args.keep_work, threads=args.threads, report=args.report,
@@ -410,13 +420,13 @@ def cmd_train(args) -> int:
         return _train_video(args)
     if not args.style or not args.data:
         raise FilmstyleError("train needs --style IMAGE and --data DIR (or --video --init CKPT)")
-    cfg = TrainConfig(style=args.style, data=args.data, out=args.out, size=args.size, image_size=args.image_size,
-                      style_size=args.style_size, batch_size=args.batch_size, steps=args.steps, lr=args.lr,
+    cfg = TrainConfig(style=args.style, data=args.data, out=args.out, size=args.size,
                       bf16={"auto": None, "on": True, "off": False}[args.bf16], seed=args.seed,
                       checkpoint_every_s=args.checkpoint_every, checkpoint_every_steps=args.checkpoint_every_steps,
-                      vgg=args.vgg)
-    for name in ("content_weight", "style_weight", "tv_weight", "grad_clip", "lr_warmup"):
-        if getattr(args, name) is not None:
+                      vgg=args.vgg, device=args.device)
+    for name in ("norm", "steps", "batch_size", "image_size", "style_size", "lr", "content_weight", "style_weight",
+                 "tv_weight", "tone_weight", "grad_clip", "lr_warmup"):
+        if getattr(args, name) is not None:  # else the recipe's default (models/train.py)
             setattr(cfg, name, getattr(args, name))
     path = train(cfg, restart=args.restart, progress=not args.quiet, log=lambda m: print(m, file=sys.stderr))
     print(f"wrote {path}")
@@ -429,11 +439,11 @@ def _train_video(args) -> int:
     if not args.init:
         raise FilmstyleError("train --video needs --init CKPT (an image-phase checkpoint)")
     cfg = VideoTrainConfig(init=args.init, out=args.out, data=args.data, videos=args.videos, style=args.style,
-                           image_size=args.image_size, batch_size=args.batch_size, steps=args.steps,
                            bf16={"auto": None, "on": True, "off": False}[args.bf16], seed=args.seed,
                            checkpoint_every_s=args.checkpoint_every,
-                           checkpoint_every_steps=args.checkpoint_every_steps, vgg=args.vgg)
-    for name in ("content_weight", "style_weight", "tv_weight", "temporal_weight", "grad_clip"):
+                           checkpoint_every_steps=args.checkpoint_every_steps, vgg=args.vgg, device=args.device)
+    for name in ("steps", "batch_size", "image_size", "style_size", "lr", "content_weight", "style_weight",
+                 "tv_weight", "tone_weight", "temporal_weight", "grad_clip"):
         if getattr(args, name) is not None:
             setattr(cfg, name, getattr(args, name))
     path = train_video(cfg, restart=args.restart, progress=not args.quiet, log=lambda m: print(m, file=sys.stderr))

@@ -83,19 +83,19 @@ class FlowBlendStylizer:
     options = ("strength", "refine", "blend_mask", "keep_detail")
 
     def __init__(self, model_path, *, device: str = "cpu", precision: str = "fp32", batch: int = 1,
-                 strength: float = 0.6, refine: bool = False, blend_mask: str = "photometric",
+                 style_scale: float = 1.0, strength: float = 0.6, refine: bool = False, blend_mask: str = "photometric",
                  keep_detail: bool = True):
         if not 0.0 <= strength < 1.0:
             raise ValueError(f"flow-blend strength must be in [0, 1), got {strength}")
         if blend_mask not in MASKS:
             raise ValueError(f"flow-blend mask must be one of {', '.join(MASKS)}, got {blend_mask!r}")
-        self.run = NetRunner(model_path, device=device, precision=precision, batch=batch)
+        self.run = NetRunner(model_path, device=device, precision=precision, batch=batch, style_scale=style_scale)
         self.model_hash = self.run.model_hash
         self.strength, self.refine = float(strength), bool(refine)
         self.blend_mask, self.keep_detail = blend_mask, bool(keep_detail)
 
     def params(self) -> dict:
-        return {"method": self.name, "model": self.model_hash, "precision": self.run.precision,
+        return {"method": self.name, "model": self.model_hash, **self.run.params(),
                 "strength": self.strength, "refine": self.refine, "warp": "cubic", "blend_mask": self.blend_mask,
                 "keep_detail": self.keep_detail}
 

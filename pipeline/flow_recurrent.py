@@ -36,9 +36,10 @@ class FlowRecurrentStylizer:
 
     needs_flow = True
 
-    def __init__(self, model_path: str | Path, *, device: str = "cpu", precision: str = "fp32", batch: int = 1):
+    def __init__(self, model_path: str | Path, *, device: str = "cpu", precision: str = "fp32", batch: int = 1,
+                 style_scale: float = 1.0):
         # ``batch`` is accepted for a uniform interface; frames depend on each other, so it is 1.
-        self.run = NetRunner(model_path, device=device, precision=precision, batch=1)
+        self.run = NetRunner(model_path, device=device, precision=precision, batch=1, style_scale=style_scale)
         channels = self.run.card.get("architecture", {}).get("in_channels", 3)
         if channels != RECURRENT_CHANNELS:
             style = self.run.card.get("name") or Path(model_path).stem
@@ -50,7 +51,7 @@ class FlowRecurrentStylizer:
         self._input = recurrent_input
 
     def params(self) -> dict:
-        return {"method": self.name, "model": self.model_hash, "precision": self.run.precision}
+        return {"method": self.name, "model": self.model_hash, **self.run.params()}
 
     @torch.inference_mode()
     def _frame(self, frame: np.ndarray, prev_out: np.ndarray | None, pair) -> np.ndarray:
@@ -64,9 +65,7 @@ class FlowRecurrentStylizer:
             mask = _to_tensor(reliable, 1.0)
         run = self.run
         x = self._input(x, warped, mask).to(run.device).contiguous(memory_format=torch.channels_last)
-        with torch.autocast(device_type=run.device.split(":")[0], dtype=torch.bfloat16,
-                            enabled=run.precision == "bf16"):
-            y = run.net.stylize(x)
+        y = run.apply(x)
         # Same rounding as NetRunner: this uint8 frame is both the output and the next frame's input.
         y = y.float().mul_(255.0).add_(0.5).clamp_(0, 255).to(torch.uint8)
         return y[0].permute(1, 2, 0).cpu().numpy()

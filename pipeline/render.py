@@ -61,6 +61,7 @@ class RenderConfig:
     style: str = DEFAULT_STYLE
     method: str = "per-frame"
     width: int = 640  # working width: the net runs at this size
+    style_scale: float = 1.0  # stroke size: the net runs at width / style_scale, resized back (NetRunner)
     out_width: int | None = None  # delivery width; None keeps the source's display width
     chunk_frames: int = 48
     upscaler: str = "lanczos"
@@ -523,6 +524,7 @@ def plan_job(cfg: RenderConfig, source: Source, shots, *, style_path: str | os.P
     if style_path is not None:
         if stylizer is None:
             stylizer = make_stylizer(cfg.method, style_path, precision=cfg.precision, batch=cfg.batch,
+                                     style_scale=cfg.style_scale,
                                      **cfg.method_options())
         params = dict(stylizer.params())
         card = getattr(getattr(stylizer, "run", None), "card", {}) or {}
@@ -742,6 +744,7 @@ class ChunkWorker:
         self.source = node_source(job, cache_dir)
         style = node_file(job.style_uri, job.style_hash, job.s3, cache_dir or cfg.cache_dir, known=job.style_path)
         self.stylizer = make_stylizer(cfg.method, style, device=device, precision=cfg.precision, batch=cfg.batch,
+                                      style_scale=cfg.style_scale,
                                       **cfg.method_options())
         self.upscaler = make_upscaler(cfg.upscaler)
         self.store = job.chunk_store()
@@ -937,6 +940,7 @@ def preflight(cfg: RenderConfig, *, output: bool = True, style: bool = True) -> 
         check_output(cfg.output, cfg.input, s3)
     if style:  # loads the checkpoint: a corrupt or foreign one fails here
         make_stylizer(cfg.method, resolve_style(cfg.style, cfg.method), precision=cfg.precision,
+                      style_scale=cfg.style_scale,
                       batch=cfg.batch, **cfg.method_options())
     if is_remote(cfg.input):
         store, key = open_object(cfg.input, s3)

@@ -85,13 +85,13 @@ def register(name: str):
 
 
 def make_stylizer(method: str, model_path: str | Path, *, device: str = "cpu", precision: str = "fp32",
-                  batch: int = 1, **options) -> Stylizer:
+                  batch: int = 1, style_scale: float = 1.0, **options) -> Stylizer:
     """Build a registered method; ``options`` not in the method's ``options`` tuple are ignored."""
     if method not in METHODS:
         raise InputError(f"unknown method {method!r}; available: {', '.join(sorted(METHODS))}")
     cls = METHODS[method]
     own = {k: v for k, v in options.items() if k in getattr(cls, "options", ())}
-    return cls(model_path, device=device, precision=precision, batch=batch, **own)
+    return cls(model_path, device=device, precision=precision, batch=batch, style_scale=style_scale, **own)
 
 
 def configure_threads(threads: int | None) -> int:
@@ -102,10 +102,25 @@ def configure_threads(threads: int | None) -> int:
     return torch.get_num_threads()
 
 
-class NetRunner:
-    """A loaded transform net and how to run it (device, precision, batch)."""
+def _resize(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Area-like (antialiased) down, bicubic up: neither aliases strokes nor blurs them more than needed."""
+    if tuple(x.shape[-2:]) == tuple(size):
+        return x
+    down = size[0] * size[1] < x.shape[-2] * x.shape[-1]
+    return torch.nn.functional.interpolate(x.float(), size=size, mode="bilinear" if down else "bicubic",
+                                           antialias=down, align_corners=False)
 
-    def __init__(self, model_path: str | Path, *, device: str = "cpu", precision: str = "fp32", batch: int = 1):
+
+class NetRunner:
+    """A loaded transform net and how to run it (device, precision, batch, stroke scale).
+
+    ``style_scale`` s: the net sees the frame at 1/s of the working size and its output is
+    resized back. A net paints strokes of a fixed size in pixels (the painting's, at the size
+    it trained on), so at s = 2 they cover twice the share of the frame; the frame size is kept.
+    """
+
+    def __init__(self, model_path: str | Path, *, device: str = "cpu", precision: str = "fp32", batch: int = 1,
+                 style_scale: float = 1.0):
         from models.checkpoint import file_digest, load_style_model
 
         self.net, self.card = load_style_model(model_path, device=device)
@@ -113,9 +128,27 @@ class NetRunner:
         self.device, self.batch = device, max(1, batch)
         if precision not in ("fp32", "bf16"):
             raise InputError(f"unknown precision {precision!r} (fp32 or bf16)")
-        self.precision = precision
+        if not 0.25 <= float(style_scale) <= 8:
+            raise InputError(f"style scale must be between 0.25 and 8, not {style_scale}")
+        self.precision, self.style_scale = precision, float(style_scale)
         if device == "cpu":
             self.net = self.net.to(memory_format=torch.channels_last)
+
+    def params(self) -> dict:
+        """What of the running changes the output (a scale of 1 is left out: keys from before it stay valid)."""
+        return {"precision": self.precision, **({"style_scale": self.style_scale} if self.style_scale != 1 else {})}
+
+    @torch.inference_mode()
+    def apply(self, x: torch.Tensor) -> torch.Tensor:
+        """(N, C, H, W) float in [0, 1] on the device -> (N, 3, H, W) stylized, at the stroke scale."""
+        size = tuple(x.shape[-2:])
+        if self.style_scale != 1:
+            x = _resize(x, (max(4, round(size[0] / self.style_scale)), max(4, round(size[1] / self.style_scale))))
+            x = x.contiguous(memory_format=torch.channels_last)
+        with torch.autocast(device_type=self.device.split(":")[0], dtype=torch.bfloat16,
+                            enabled=self.precision == "bf16"):
+            y = self.net.stylize(x)
+        return _resize(y, size).clamp_(0, 1) if self.style_scale != 1 else y
 
     @torch.inference_mode()
     def __call__(self, frames: np.ndarray) -> np.ndarray:
@@ -124,9 +157,7 @@ class NetRunner:
         for i in range(0, len(frames), self.batch):
             x = torch.from_numpy(frames[i:i + self.batch]).to(self.device)
             x = x.permute(0, 3, 1, 2).float().div_(255.0).contiguous(memory_format=torch.channels_last)
-            with torch.autocast(device_type=self.device.split(":")[0], dtype=torch.bfloat16,
-                                enabled=self.precision == "bf16"):
-                y = self.net.stylize(x)
+            y = self.apply(x)
             y = y.float().mul_(255.0).add_(0.5).clamp_(0, 255).to(torch.uint8)
             out[i:i + self.batch] = y.permute(0, 2, 3, 1).cpu().numpy()
         return out
@@ -139,12 +170,13 @@ class PerFrameStylizer:
     needs_flow = False
     carries_state = False  # output ignores the carry-in state: chunks of a shot may run in parallel
 
-    def __init__(self, model_path: str | Path, *, device: str = "cpu", precision: str = "fp32", batch: int = 1):
-        self.run = NetRunner(model_path, device=device, precision=precision, batch=batch)
+    def __init__(self, model_path: str | Path, *, device: str = "cpu", precision: str = "fp32", batch: int = 1,
+                 style_scale: float = 1.0):
+        self.run = NetRunner(model_path, device=device, precision=precision, batch=batch, style_scale=style_scale)
         self.model_hash = self.run.model_hash
 
     def params(self) -> dict:
-        return {"method": self.name, "model": self.model_hash, "precision": self.run.precision}
+        return {"method": self.name, "model": self.model_hash, **self.run.params()}
 
     def stylize(self, frames, first_index, state=None, flow=None):
         out = self.run(frames)

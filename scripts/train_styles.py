@@ -7,15 +7,16 @@ and h5py, no network, and under 64 MiB of files:
     python3 scripts/train_styles.py run --pack .device/pack --out OUT    # there (or here: --device cpu)
 
 ``pack`` writes the loss network's trunk (HED VGG16 up to relu4_3, fp16 safetensors, 15 MB),
-the BSDS500 train+val photos re-encoded (the training content), 50 test photos (the quick judge,
-10 of them the optimum's) and the paintings at the training style size.
+the BSDS500 train+val photos re-encoded at JPEG quality 85 (the training content, 13 MB), 50
+test photos as they are (the quick judge, 10 of them the optimum's) and the paintings.
 
-``run``, with a budget in seconds for the whole of it:
+``run``, with a budget in seconds for the whole of it (in a fresh work folder):
 1. calibrates: the seconds per training step of one net on this device;
-2. A/B of the net's normalization layers (none, instance, FRN: models/transformer.py) on two
-   styles at equal steps, judged on the test photos; the winner is the norm with the lowest
-   style loss x content loss among those that keep the tone correlation >= 0.9;
-3. trains every style (STYLES) with the winner and the defaults of ``filmstyle train``;
+2. with ``--ab``, an A/B of the net's normalization layers (none, instance, FRN:
+   models/transformer.py) on two styles, side by side for the same time, judged on the test
+   photos; the winner is the norm with the lowest style loss x content loss among those that
+   keep the tone correlation >= 0.9 (run on 2026-12-04: instance; see models/train.py);
+3. trains every style (STYLES) with that norm and the defaults of ``filmstyle train``;
 4. fine-tunes the flow-recurrent net of every shipped style from its image net (synthetic
    camera moves with exact flow: the real clips need a video decoder this machine lacks);
 5. beside 3 and 4, the optimum (models/optimize.py) of 10 test photos per style.
@@ -49,7 +50,8 @@ AB_STYLES = ("starry_night", "mosaic")  # the painterly one and the one the old 
 NORMS = ("none", "instance", "frn")
 JUDGE_PHOTOS, OPTIMUM_PHOTOS = 50, 10
 BATCH = 8  # more pixels per step than Johnson et al.'s 4: the GPU has room, the steps are few
-# Shares of the budget (what is left after start-up and calibration).
+# Shares of the budget (what is left after start-up and calibration); without --ab, the A/B's
+# share goes to the image nets.
 SHARES = {"ab": 0.30, "image": 0.45, "recurrent": 0.15}
 
 
@@ -79,8 +81,8 @@ def pack(dest: Path) -> None:
             Image.open(p).convert("RGB").save(out / p.name, quality=85)
     out = dest / "test"
     out.mkdir(parents=True, exist_ok=True)
-    for p in sorted((bsds / "test").glob("*.jpg"))[:JUDGE_PHOTOS]:
-        Image.open(p).convert("RGB").save(out / p.name, quality=90)
+    for p in sorted((bsds / "test").glob("*.jpg"))[:JUDGE_PHOTOS]:  # as they are: the optima are keyed by them
+        shutil.copyfile(p, out / p.name)
     out = dest / "styles"
     out.mkdir(parents=True, exist_ok=True)
     for file in STYLES.values():  # the files themselves: the cards record their hashes
@@ -221,7 +223,8 @@ def run_optimum(pack_dir: Path, out: Path, device: str, vgg_path: str, styles: l
             records[f"{style}/{p.name}"] = rec
             Image.fromarray((y[0].permute(1, 2, 0).cpu().numpy() * 255 + 0.5).astype(np.uint8)).save(
                 out / f"{style}__{p.stem}.png")
-        (out / "optimum.json").write_text(json.dumps({"weights": weights, "steps": steps, "records": records},
+        (out / "optimum.json").write_text(json.dumps({"weights": weights, "steps": steps, "records": records,
+                                                      "style_size": d.style_size, "loss_network": vgg.source},
                                                      indent=1))
 
 
@@ -233,17 +236,22 @@ def _time_per_step(pack_dir: Path, device: str, vgg_path: str, work: Path, batch
     """Seconds per image-phase step of one net, alone on the device (after cuDNN's warm-up)."""
     from models.train import TrainConfig, train
 
-    def card_time(path: Path) -> float:
-        return json.loads(path.with_suffix(".json").read_text())["train_time_s"]  # the loop alone
+    def loop_time(path: Path) -> float:
+        # the training state's clock: the loop alone, stopped before the final sample grid
+        # (the card's clock also holds that grid, whose new shape costs cuDNN a warm-up)
+        from safetensors import safe_open
+
+        with safe_open(str(path.with_name(path.name + ".state.safetensors")), framework="pt") as f:
+            return json.loads(f.metadata()["filmstyle.train"])["history"]["elapsed_s"]
 
     out = work / "calibrate.safetensors"
-    cfg = TrainConfig(style=str(pack_dir / "styles" / STYLES["starry_night"]), data=[str(pack_dir / "bsds500" / "train"), str(pack_dir / "bsds500" / "val")],
+    cfg = TrainConfig(style=str(pack_dir / "styles" / STYLES["starry_night"]), data=str(pack_dir / "bsds500" / "train"),
                       out=str(out), batch_size=batch, image_size=size, steps=max(2, steps // 3), lr_warmup=10,
                       vgg=vgg_path, device=device, sample_every_s=1e9, checkpoint_every_s=1e9)
     train(cfg, restart=True, progress=False, log=lambda m: None)
-    warm = card_time(out)
+    warm = loop_time(out)
     train(TrainConfig(**{**cfg.__dict__, "steps": cfg.steps + steps}), progress=False, log=lambda m: None)
-    return (card_time(out) - warm) / steps
+    return max(1e-3, (loop_time(out) - warm) / steps)
 
 
 def _tar(files: list[Path], out_dir: Path, stem: str, limit: int = 15 * 2**20) -> None:
@@ -264,9 +272,12 @@ def _tar(files: list[Path], out_dir: Path, stem: str, limit: int = 15 * 2**20) -
 def run_all(args) -> None:
     import torch
 
+    import tempfile
+
     t_start = time.monotonic()
     out = Path(args.out)
-    work = Path(args.work)
+    # A fresh folder: a training state left by an earlier run (other settings) would stop the runs.
+    work = Path(tempfile.mkdtemp(prefix="filmstyle-train-", dir=args.work))
     for d in (out, work, work / "logs"):
         d.mkdir(parents=True, exist_ok=True)
     logfile = out / "train_styles.log"
@@ -308,34 +319,41 @@ def run_all(args) -> None:
              "--device", device, "--steps", str(args.optimum_steps), "--styles", *styles],
             stdout=open(work / "logs" / "optimum.log", "w"), stderr=subprocess.STDOUT, cwd=ROOT)
 
-    # 2. A/B of the normalization layers
-    ab_styles = [s for s in AB_STYLES if s in styles]
-    nets = len(ab_styles) * len(NORMS)
-    steps = steps_for(SHARES["ab"], nets)
-    deadline = SHARES["ab"] * left * 1.2
-    log(f"A/B: {nets} nets, {steps} steps each", logfile)
-    specs = [image_spec(s, n, steps, deadline, f"ab_{n}") for n in NORMS for s in ab_styles]
-    _launch(specs, logfile, work / "logs")
-    ab: dict = {}
-    for spec in specs:
-        ckpt = Path(spec["out"])
-        if ckpt.exists():
-            ab.setdefault(spec["norm"], {})[ckpt.stem] = judge.net(ckpt, ckpt.stem)
-            ab[spec["norm"]][ckpt.stem]["steps"] = json.loads(ckpt.with_suffix(".json").read_text())["steps"]
-    norm, why = pick_norm(ab, len(ab_styles))
-    results["ab"] = {"steps": steps, "results": ab, "winner": norm, "why": why}
-    save_results()
-    log(f"A/B winner: {norm} ({why})", logfile)
+    # 2. A/B of the normalization layers (--ab; else the trainer's default norm)
+    shares = dict(SHARES) if args.ab else {"ab": 0.0, "image": SHARES["image"] + SHARES["ab"],
+                                           "recurrent": SHARES["recurrent"]}
+    ab_styles = [s for s in AB_STYLES if s in styles] if args.ab else []
+    steps = 0
+    if ab_styles:
+        nets = len(ab_styles) * len(NORMS)
+        steps = steps_for(shares["ab"], nets)
+        deadline = shares["ab"] * left * 1.2
+        log(f"A/B: {nets} nets, {steps} steps each", logfile)
+        specs = [image_spec(s, n, steps, deadline, f"ab_{n}") for n in NORMS for s in ab_styles]
+        _launch(specs, logfile, work / "logs")
+        ab: dict = {}
+        for spec in specs:
+            ckpt = Path(spec["out"])
+            if ckpt.exists():
+                ab.setdefault(spec["norm"], {})[ckpt.stem] = judge.net(ckpt, ckpt.stem)
+                ab[spec["norm"]][ckpt.stem]["steps"] = json.loads(ckpt.with_suffix(".json").read_text())["steps"]
+        norm, why = pick_norm(ab, len(ab_styles))
+        results["ab"] = {"steps": steps, "results": ab, "winner": norm, "why": why}
+        save_results()
+        log(f"A/B winner: {norm} ({why})", logfile)
+    else:
+        from models.train import TrainConfig
+
+        norm = TrainConfig.norm
 
     # 3. every style with the winner (the A/B styles' winning nets go on training)
     nets = len(styles)
-    steps_img = steps_for(SHARES["image"], nets)
-    steps_img = max(steps_img, steps)
-    deadline = SHARES["image"] * left * 1.2
+    steps_img = max(steps_for(shares["image"], nets), steps)
+    deadline = shares["image"] * left * 1.2
     specs = []
     for s in styles:
         spec = image_spec(s, norm, steps_img, deadline, "image")
-        if s in AB_STYLES:  # continue the A/B run: its state file resumes it
+        if s in ab_styles:  # continue the A/B run: its state file resumes it
             src = work / f"ab_{norm}" / f"{s}.safetensors"
             for suffix in (".state.safetensors",):
                 state = src.with_name(src.name + suffix)
@@ -356,8 +374,8 @@ def run_all(args) -> None:
 
     # 4. flow-recurrent nets from the image nets
     shipped = [s for s in styles if s not in NOT_SHIPPED and (work / "image" / f"{s}.safetensors").exists()]
-    steps_rec = steps_for(SHARES["recurrent"], max(1, len(shipped)), cost=1.4)
-    deadline = SHARES["recurrent"] * left * 1.2
+    steps_rec = steps_for(shares["recurrent"], max(1, len(shipped)), cost=1.4)
+    deadline = shares["recurrent"] * left * 1.2
     specs = [{"kind": "recurrent", "init": str(work / "image" / f"{s}.safetensors"),
               "out": str(work / "recurrent" / f"{s}.safetensors"), "data": [str(pack_dir / "bsds500" / "train"), str(pack_dir / "bsds500" / "val")],
               "style": str(pack_dir / "styles" / STYLES[s]), "videos": [], "mix": [1, 0],
@@ -395,7 +413,8 @@ def main() -> None:
     p = sub.add_parser("run", help="train everything (on the GPU)")
     p.add_argument("--pack", required=True)
     p.add_argument("--out", required=True)
-    p.add_argument("--work", default="/tmp/filmstyle-train")
+    p.add_argument("--work", default=None, help="parent of the run's fresh work folder (default: the temp dir)")
+    p.add_argument("--ab", action="store_true", help="first A/B the normalization layers on two styles")
     p.add_argument("--device", default="cuda")
     p.add_argument("--budget-s", type=float, default=420)
     p.add_argument("--optimum-steps", type=int, default=150)
