@@ -33,7 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data"
 TEST = DATA / "content" / "bsds500" / "test"
-WIDTH, OPTIMUM_WIDTH, OPTIMUM_PHOTOS = 512, 256, 10
+WIDTH, OPTIMUM_SIDE, OPTIMUM_PHOTOS = 512, 256, 10  # the optimum: long side 256 px
 SHEET_PHOTOS = ("10081.jpg", "100039.jpg", "101084.jpg")  # among the first 10: they have optima
 TARGETS = {"tone": 0.9, "reduction": 5.0, "style_vs_optimum": 2.0, "content_vs_optimum": 1.25}
 
@@ -45,6 +45,13 @@ def at_width(path: Path, width: int) -> torch.Tensor:
     h, w = x.shape[-2:]
     return torch.nn.functional.interpolate(x, size=(max(4, round(h * width / w)), width), mode="bilinear",
                                            antialias=True, align_corners=False).clamp(0, 1)
+
+
+def at_long_side(path: Path, side: int) -> torch.Tensor:
+    """The photo with its long side at ``side`` (the optimum's size: 256 px, portrait or landscape)."""
+    from models.train import load_rgb, to_tensor
+
+    return to_tensor(load_rgb(path, side))[None]
 
 
 def cache_folder() -> Path:
@@ -99,28 +106,33 @@ def judge_net(style: Style, photos: list[Path], vgg) -> dict:
     return mean_rows(rows)
 
 
-def optimum_for(style: Style, photo: Path, vgg, cache) -> torch.Tensor:
+def optimum_for(style: Style, photo: Path, vgg, cache, compute: bool = True) -> torch.Tensor | None:
+    """The cached optimum of ``photo``; computed (and cached) when missing, unless ``compute`` is off."""
     from models.checkpoint import file_digest
     from models.optimize import OptimizeConfig, optimize, optimum_key
 
     cfg = OptimizeConfig()
-    key = optimum_key(file_digest(style.painting), style.style_size, file_digest(photo), OPTIMUM_WIDTH,
+    key = optimum_key(file_digest(style.painting), style.style_size, file_digest(photo), OPTIMUM_SIDE,
                       style.weights, cfg)
     y = cache.get(key)
-    if y is None:
+    if y is None and compute:
         print(f"  optimum of {style.name} on {photo.name} (not cached: minutes on a CPU)", flush=True)
-        y, record = optimize(at_width(photo, OPTIMUM_WIDTH), vgg, style.target, style.weights, cfg)
+        y, record = optimize(at_long_side(photo, OPTIMUM_SIDE), vgg, style.target, style.weights, cfg)
         record.pop("history")
         cache.put(key, y, dict(record, loss_network=vgg.source, photo=photo.name, style=style.painting.name))
     return y
 
 
-def judge_against_optimum(style: Style, photos: list[Path], vgg, cache) -> dict:
+def judge_against_optimum(style: Style, photos: list[Path], vgg, cache, compute: bool = True) -> dict | None:
+    """Net and optimum on the same photos at 256 px; None when an optimum is missing and not computed."""
     net_rows, opt_rows = [], []
     for p in photos:
-        x = at_width(p, OPTIMUM_WIDTH)
+        x = at_long_side(p, OPTIMUM_SIDE)
+        opt = optimum_for(style, p, vgg, cache, compute)
+        if opt is None:
+            return None
         net_rows.append(measure(vgg, style.target, x, style.stylize(x)))
-        opt_rows.append(measure(vgg, style.target, x, optimum_for(style, p, vgg, cache)))
+        opt_rows.append(measure(vgg, style.target, x, opt))
     net, opt = mean_rows(net_rows), mean_rows(opt_rows)
     return {"net": net, "optimum": opt, "style_vs_optimum": net["style"] / opt["style"],
             "content_vs_optimum": net["content"] / opt["content"]}
@@ -144,7 +156,7 @@ def import_optimum(folder: Path, cache) -> int:
             continue
         cfg = OptimizeConfig(**record["config"])
         key = optimum_key(file_digest(painting), meta.get("style_size", TrainConfig.style_size), file_digest(original),
-                          OPTIMUM_WIDTH,
+                          OPTIMUM_SIDE,
                           meta["weights"], cfg)
         img = torch.from_numpy(np.asarray(Image.open(png).convert("RGB")).copy()).permute(2, 0, 1)[None] / 255.0
         cache.put(key, img.float(), dict(record, imported_from=str(folder), note=meta.get("note", "")))
@@ -153,7 +165,9 @@ def import_optimum(folder: Path, cache) -> int:
 
 
 @torch.no_grad()
-def contact_sheet(styles: list[Style], vgg, cache, out: Path, height: int = 180) -> None:
+def contact_sheet(styles: list[Style], vgg, cache, out: Path, height: int = 180, compute: bool = True) -> None:
+    """Per style: the painting, then for each sheet photo the photo, the net and the optimum
+    (a grey tile where the optimum is not cached and ``compute`` is off)."""
     from PIL import Image
 
     from models.train import load_rgb
@@ -168,7 +182,8 @@ def contact_sheet(styles: list[Style], vgg, cache, out: Path, height: int = 180)
         tiles = [painting.resize((max(1, round(painting.width * height / painting.height)), height), Image.LANCZOS)]
         for name in SHEET_PHOTOS:
             x = at_width(TEST / name, WIDTH)
-            tiles += [tile(x), tile(s.stylize(x)), tile(optimum_for(s, TEST / name, vgg, cache))]
+            opt = optimum_for(s, TEST / name, vgg, cache, compute)
+            tiles += [tile(x), tile(s.stylize(x)), tile(opt if opt is not None else torch.full_like(x, 0.8))]
         rows.append(tiles)
     gap = 6
     width = max(sum(t.width for t in r) + gap * (len(r) + 2) for r in rows)
@@ -220,6 +235,8 @@ def main() -> None:
     ap.add_argument("--styles", nargs="*", default=None, help="default: every shipped style")
     ap.add_argument("--optimum-photos", type=int, default=OPTIMUM_PHOTOS, help="0: skip the optimum")
     ap.add_argument("--import-optimum", default=None, metavar="DIR", help="optima from scripts/train_styles.py")
+    ap.add_argument("--cached-only", action="store_true",
+                    help="compare with the optimum only where it is cached (computing one takes minutes)")
     ap.add_argument("--sheet", default=str(ROOT / "docs" / "styles.png"), help="'' for none")
     ap.add_argument("--scale-sheet", default=None, metavar="PNG",
                     help="also draw the --style-scale picture (docs/style_scale.png) with the first style")
@@ -245,13 +262,13 @@ def main() -> None:
     results = {}
     for s in styles:
         row = judge_net(s, photos, vgg)
-        vs = judge_against_optimum(s, sorted(TEST.glob("*.jpg"))[: args.optimum_photos], vgg, cache) \
-            if args.optimum_photos else None
+        vs = judge_against_optimum(s, sorted(TEST.glob("*.jpg"))[: args.optimum_photos], vgg, cache,
+                                   compute=not args.cached_only) if args.optimum_photos else None
         results[s.name] = {"net": row, "vs_optimum": vs, "steps": s.card.get("steps"),
                            "norm": s.net.config.norm, "weights": s.weights}
         print(f"{s.name}: {json.dumps(results[s.name])}", flush=True)
 
-    print(f"\n{len(photos)} BSDS500 test photos at width {WIDTH}; optimum on {args.optimum_photos} at {OPTIMUM_WIDTH} px; "
+    print(f"\n{len(photos)} BSDS500 test photos at width {WIDTH}; optimum on {args.optimum_photos} at {OPTIMUM_SIDE} px; "
           f"loss network: {vgg.source}; CPU: {cpu_description()}")
     print("| style | net | tone (min) | style loss photo -> net | reduction | content | "
           "optimum: style / content / tone | net at 256: style / content | style vs opt | content vs opt | targets met |")
@@ -264,11 +281,12 @@ def main() -> None:
         print(f"| {name} | {r['norm']}, {r['steps']} steps | {n['tone']:.3f} ({n['tone_min']:.2f}) | "
               f"{n['style_photo']:.3f} -> {n['style']:.3f} | {n['reduction']:.1f}x | {n['content']:.3f} | {opt} | "
               f"{verdict(n, vs)} |")
-    if args.sheet and args.optimum_photos:
-        contact_sheet(styles, vgg, cache, Path(args.sheet))
+    if args.sheet:
+        contact_sheet(styles, vgg, cache, Path(args.sheet), compute=bool(args.optimum_photos) and not args.cached_only)
         print(f"contact sheet: {args.sheet}")
     if args.scale_sheet:
-        scale_sheet(styles[0].name, Path(args.scale_sheet))
+        names = [st.name for st in styles]
+        scale_sheet("starry_night" if "starry_night" in names else names[0], Path(args.scale_sheet))
         print(f"style-scale sheet: {args.scale_sheet}")
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2))

@@ -295,6 +295,9 @@ def run_all(args) -> None:
     step_s = _time_per_step(pack_dir, device, vgg_path, work, args.batch, args.image_size, args.calibration_steps)
     # margins: judging and packing, and each phase's start (processes, CUDA, photos decoded)
     left = args.budget_s - (time.monotonic() - t_start) - 20 - 3 * 15
+    if left < 30:
+        log(f"the budget leaves {left:.0f} s for training; using 30", logfile)
+        left = 30.0
     results["calibration_s_per_step"] = step_s
     log(f"calibration: {step_s * 1000:.1f} ms per step (batch {args.batch}, {args.image_size} px); "
         f"{left:.0f} s to share", logfile)
