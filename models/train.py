@@ -128,12 +128,15 @@ def portable_config(d: dict) -> dict:
     return d
 
 
-def resolve_recorded(path: str, under: str) -> str:
-    """A path from a card: as is where it exists, else under ../shared/data/``under``."""
+def resolve_recorded(path: str, under: str, what: str) -> str:
+    """A path from a card: as is where it exists, else under ../shared/data/``under``; else a clear error."""
     if Path(path).exists():
         return path
     candidate = DATA_ROOT / under / path
-    return str(candidate) if candidate.exists() else path
+    if candidate.exists():
+        return str(candidate)
+    raise InputError(f"the init checkpoint's card records its {what} as {path!r} (looked for it here and in "
+                     f"{DATA_ROOT / under}); pass it explicitly")
 
 
 def data_folders(data) -> list[Path]:
@@ -655,11 +658,11 @@ def train_video(cfg: VideoTrainConfig, *, restart: bool = False, progress: bool 
     init_hash = file_digest(cfg.init)
     data = _card_setting(cfg.data, init_card, "config", "data", what="content data folders")
     if cfg.data is None:  # the card's folders are relative to ../shared/data/content
-        data = [resolve_recorded(p, "content") for p in data_folders(data)]
+        data = [resolve_recorded(str(p), "content", "content data folder") for p in data_folders(data)]
     files = list_images(data)
     style_path = _card_setting(cfg.style, init_card, "config", "style", what="style image")
     if cfg.style is None:
-        style_path = resolve_recorded(style_path, "styles")
+        style_path = resolve_recorded(style_path, "styles", "style image")
     style_size = _card_setting(cfg.style_size, init_card, "config", "style_size", what="style size")
     style_img = load_rgb(style_path, max_side=style_size)
     loss_weights = {k: _card_setting(getattr(cfg, f"{k}_weight"), init_card, "losses", "weights", k,

@@ -189,8 +189,13 @@ def test_train_video_writes_checkpoint_and_resumes_exactly(tmp_path, data):
         if k.startswith(("model.", "opt.")):
             assert torch.equal(a[k], b[k]), f"{k} differs after resume"
 
-    # A flow-recurrent checkpoint can be fine-tuned further: its card holds the resolved data and style.
-    more = train_video(_video_cfg(root, straight, tmp_path / "more.safetensors", 1), **quiet)
+    # A flow-recurrent checkpoint can be fine-tuned further. Its card names the painting and the data
+    # folders, not this machine's paths: they are looked up under ../shared/data, else given again.
+    assert card["config"]["style"] == style.name and card["config"]["data"] == [f"{photos.parent.name}/photos"]
+    with pytest.raises(InputError, match="pass it"):
+        train_video(_video_cfg(root, straight, tmp_path / "more.safetensors", 1), **quiet)
+    more = train_video(_video_cfg(root, straight, tmp_path / "more.safetensors", 1, data=str(photos),
+                                  style=str(style)), **quiet)
     assert load_style_model(more)[1]["init_checkpoint"] == "straight.safetensors"
 
 
