@@ -156,22 +156,16 @@ class Judge:
         return self._targets[style]
 
     def net(self, ckpt: Path, style: str) -> dict:
+        """The judge's numbers (benchmarks/style_quality.py's measure) on the packed test photos."""
+        from benchmarks.style_quality import mean_rows, measure
         from models.checkpoint import load_style_model
 
-        torch, L = self.torch, self.L
         net, _ = load_style_model(ckpt, device=self.device)
         net = net.float().eval()
         target = self.target(style)
-        rows = []
-        with torch.no_grad():
-            for x in self.photos:
-                y = net.stylize(x)
-                fx, fy = self.vgg(x), self.vgg(y)
-                rows.append((float(L.style_loss(fx, target)), float(L.style_loss(fy, target)),
-                             float(L.content_loss(fy, fx)), float(L.tone_correlation(y, x)[0])))
-        before, after, content, tone = (sum(c) / len(c) for c in zip(*rows))
-        return {"style_photo": before, "style": after, "reduction": before / after, "content": content,
-                "tone": tone, "tone_min": min(r[3] for r in rows), "photos": len(rows)}
+        with self.torch.no_grad():
+            rows = [measure(self.vgg, target, x, net.stylize(x)) for x in self.photos]
+        return dict(mean_rows(rows), photos=len(rows))
 
 
 def pick_norm(ab: dict, n_styles: int) -> tuple[str, str]:
