@@ -33,7 +33,7 @@ def _ray_flow(job, workers: int) -> dict:
         @ray.remote(num_cpus=1)
         def warm() -> float:
             t = time.perf_counter()
-            import pipeline.render  # noqa: F401  (what a flow task imports)
+            import engine.flow_stage  # noqa: F401  (what a flow task imports)
             time.sleep(0.5)  # hold the worker so each warm-up lands on its own
             return time.perf_counter() - t
 
@@ -65,8 +65,12 @@ def main() -> None:
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
 
-    from pipeline import render as R
-    from pipeline.flow import FlowCache
+    from engine.config import RenderConfig
+    from engine.job import plan_job
+    from engine.local import LocalExecutor
+    from engine.progress import quiet
+    from engine.source import find_shots, prepare_source
+    from pipeline.flow import FlowCache, make_flow_backend
     from pipeline.storage import open_storage
 
     src = Path(args.input) if args.input else shared_video("pyscenedetect_testvideo.mp4")
@@ -77,23 +81,25 @@ def main() -> None:
         clip = trimmed_copy(src, args.frames, tmp / "clip.mp4")
 
         def job_for(name: str):
-            cfg = R.RenderConfig(input=str(clip), output="", width=args.width, chunk_frames=args.chunk_frames,
-                                 flow_preset=args.preset, flow_cache=str(tmp / name), cache_dir=str(tmp / "cache"))
-            source = R.prepare_source(cfg.input, cfg.cache_dir)
-            shots = R.find_shots(source, cfg.shot_params(), cfg.cache_dir)
-            return R.plan_job(cfg, source, shots, style_path=None)
+            cfg = RenderConfig(input=str(clip), output="", width=args.width, chunk_frames=args.chunk_frames,
+                               flow_preset=args.preset, flow_cache=str(tmp / name), cache_dir=str(tmp / "cache"))
+            source = prepare_source(cfg.input, cfg.cache_dir)
+            shots = find_shots(source, cfg.shot_params(), cfg.cache_dir)
+            return plan_job(cfg, source, shots, style_path=None)
 
         job = job_for("flow-local")
-        timer = R.StageTimer()
-        local = R.compute_flow_stage(job, timer, progress=False)
-        rows.append({"workers": "in-process", "wall_s": round(timer.seconds["flow"], 3), "warmup_s": 0.0,
+        local = {"pairs": 0, "computed": 0}
+        t = time.perf_counter()
+        LocalExecutor(quiet).flow(job, list(job.plan.chunks),
+                                  lambda chunk, counts: local.update({k: local[k] + counts[k] for k in local}))
+        rows.append({"workers": "in-process", "wall_s": round(time.perf_counter() - t, 3), "warmup_s": 0.0,
                      "pairs": local["pairs"], "computed": local["computed"], "task_seconds": None,
                      "task_cpu_seconds": None})
         for n in (1, 2):
             rows.append(_ray_flow(job_for(f"flow-ray{n}"), n))
         # The same pairs either way: compare the caches entry by entry.
         caches = [FlowCache(open_storage(str(tmp / name)), job.source.hash, job.working_size,
-                            R.make_flow_backend("dis", preset=args.preset)) for name in ("flow-ray1", "flow-ray2")]
+                            make_flow_backend("dis", preset=args.preset)) for name in ("flow-ray1", "flow-ray2")]
         same = all(caches[0].storage.get(k) == caches[1].storage.get(k) for k in caches[0].storage.list("flow/"))
         shots, chunks = len(job.plan.shots), len(job.plan.chunks)
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import subprocess
 import sys
 import tempfile
@@ -49,7 +48,7 @@ def main() -> None:
                         "-c", "copy", str(looped)], check=True)
         for label, clip in (("1x", src), (f"{args.loops}x", looped)):
             frames = probe(clip).frame_count
-            cmd = [sys.executable, "-m", "pipeline.cli", "render", str(clip), "-o", str(tmp / f"{label}.mp4"),
+            cmd = [sys.executable, "-m", "cli", "render", str(clip), "-o", str(tmp / f"{label}.mp4"),
                    "--style", style, "--width", str(args.width), "-q", "--cache-dir", str(tmp / "cache"),
                    "--engine", "local"]
             results[label] = {"frames": frames, "peak_rss_mb": round(peak_rss_mb(cmd), 1)}

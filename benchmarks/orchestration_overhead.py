@@ -47,7 +47,7 @@ def _student(path: Path) -> str:
 def _render(engine: str, clip: Path, out: Path, style: str, args, tmp: Path) -> dict:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_API", "RAY_ADDRESS"))}
     env.update(FILMSTYLE_CACHE=str(tmp / f"cache-{engine}"), PREFECT_HOME=str(tmp / "prefect-home"))
-    cmd = [sys.executable, "-m", "pipeline.cli", "render", str(clip), "-o", str(out), "--style", style,
+    cmd = [sys.executable, "-m", "cli", "render", str(clip), "-o", str(out), "--style", style,
            "--width", str(args.width), "--out-width", str(args.out_width), "--preset", args.preset,
            "--method", args.method, "--engine", engine, "--cache-dir", str(tmp / f"cache-{engine}"), "-q"]
     if engine == "prefect" and args.actor_threads:

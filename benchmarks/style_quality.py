@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from pathlib import Path
 
@@ -39,7 +38,7 @@ TARGETS = {"tone": 0.9, "reduction": 5.0, "style_vs_optimum": 2.0, "content_vs_o
 
 
 def at_width(path: Path, width: int) -> torch.Tensor:
-    from models.train import load_rgb, to_tensor
+    from models.data import load_rgb, to_tensor
 
     x = to_tensor(load_rgb(path))[None]
     h, w = x.shape[-2:]
@@ -49,14 +48,15 @@ def at_width(path: Path, width: int) -> torch.Tensor:
 
 def at_long_side(path: Path, side: int) -> torch.Tensor:
     """The photo with its long side at ``side`` (the optimum's size: 256 px, portrait or landscape)."""
-    from models.train import load_rgb, to_tensor
+    from models.data import load_rgb, to_tensor
 
     return to_tensor(load_rgb(path, side))[None]
 
 
 def cache_folder() -> Path:
-    root = os.environ.get("FILMSTYLE_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "filmstyle")
-    return Path(root) / "optimum"
+    from pipeline.paths import cache_root
+
+    return cache_root() / "optimum"
 
 
 class Style:
@@ -64,8 +64,10 @@ class Style:
 
     def __init__(self, name: str, vgg):
         from models import losses as L
-        from models.checkpoint import load_style_model, resolve_style
-        from models.train import TrainConfig, load_rgb, to_tensor
+        from methods import resolve_style
+        from models.checkpoint import load_style_model
+        from models.data import load_rgb, to_tensor
+        from models.train import TrainConfig
 
         self.name = name
         self.net, self.card = load_style_model(resolve_style(name))
@@ -170,7 +172,7 @@ def contact_sheet(styles: list[Style], vgg, cache, out: Path, height: int = 180,
     (a grey tile where the optimum is not cached and ``compute`` is off)."""
     from PIL import Image
 
-    from models.train import load_rgb
+    from models.data import load_rgb
 
     def tile(t: torch.Tensor) -> Image.Image:
         im = Image.fromarray((t[0].permute(1, 2, 0).numpy() * 255 + 0.5).astype(np.uint8))
@@ -203,14 +205,13 @@ def scale_sheet(style: str, out: Path, photo: Path = DATA / "content" / "chicago
     """The stroke-size control (``--style-scale``) on one photo at the default working width."""
     from PIL import Image, ImageDraw
 
-    from models.checkpoint import resolve_style
-    from pipeline.stylize import make_stylizer
+    from methods import RunSettings, make_method, resolve_style
 
     x = at_width(photo, width)
     frame = (x[0].permute(1, 2, 0).numpy() * 255 + 0.5).astype(np.uint8)
     tiles = []
     for s in scales:
-        y, _ = make_stylizer("per-frame", resolve_style(style), style_scale=s).stylize(frame[None], 0, None)
+        y, _ = make_method("per-frame", resolve_style(style), RunSettings(style_scale=s)).stylize(frame[None], 0, None)
         im = Image.fromarray(y[0])
         ImageDraw.Draw(im).text((8, 8), f"--style-scale {s:g}", fill=(255, 255, 255))
         tiles.append(im)

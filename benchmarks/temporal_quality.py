@@ -45,11 +45,10 @@ def sintel(methods: list[str], style: str, width: int) -> dict:
     import cv2
     from PIL import Image
 
-    from models.checkpoint import resolve_style
-    from pipeline.evaluate import style_losses
+    from engine.evaluate import style_losses
+    from methods import make_method, resolve_style
     from pipeline.flow import make_flow_backend
     from pipeline.metrics import read_flo, warping_error
-    from pipeline.stylize import make_stylizer
 
     dis = make_flow_backend("dis", preset="medium")
     results = {m: {"warping_error": [], "style_loss": [], "content_loss": []} for m in methods}
@@ -65,7 +64,7 @@ def sintel(methods: list[str], style: str, width: int) -> dict:
         invalid = (np.asarray(Image.open(invalid_path).convert("L")) > 127) if invalid_path.exists() else False
         mask = (~occluded & ~invalid).astype(np.float32)
         for m in methods:
-            stylizer = make_stylizer(m, resolve_style(style, m))
+            stylizer = make_method(m, resolve_style(style, m))
             out, _ = stylizer.stylize(small, 0, None, flow=flow if stylizer.needs_flow else None)
             big = [cv2.resize(o, (w, h), interpolation=cv2.INTER_CUBIC) for o in out]
             # frames 2 and 3 (indices 1, 2): GT flow 2 -> 3, mask on frame 2's pixels
@@ -78,8 +77,9 @@ def sintel(methods: list[str], style: str, width: int) -> dict:
 
 def real_clip(methods: list[str], style: str, width: int, clip: Path, frames: int) -> dict:
     from benchmarks.common import trimmed_copy
-    from pipeline.evaluate import evaluate
-    from pipeline.render import RenderConfig, render
+    from engine.config import RenderConfig
+    from engine.evaluate import evaluate
+    from engine.local import render
 
     results = {}
     with tempfile.TemporaryDirectory() as tmp:

@@ -21,16 +21,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.common import shared_video, style_for_benchmark, trimmed_copy  # noqa: E402
 
 
-def naive(src: Path, out: Path, style: str, width: int, precision: str) -> dict:
-    from models.checkpoint import resolve_style
+def naive(src: Path, out: Path, style: str, width: int, precision: str, device: str) -> dict:
+    from methods import NetRunner, RunSettings, resolve_style
     from pipeline import media
-    from pipeline.stylize import NetRunner
     from pipeline.upscale import make_upscaler
 
     info = media.probe(src)
     working = media.working_size(info, width)
     delivery = media.working_size(info, info.display_size[0])
-    net = NetRunner(resolve_style(style), precision=precision)
+    net = NetRunner(resolve_style(style), RunSettings(device=device, precision=precision))
     resize = make_upscaler("lanczos")
     net(next(iter(media.decode_frames(info, 0, 1, working)))[None])  # warm-up (oneDNN primitives)
     t = {"decode": 0.0, "stylize": 0.0, "upscale": 0.0, "encode": 0.0}
@@ -59,11 +58,12 @@ def naive(src: Path, out: Path, style: str, width: int, precision: str) -> dict:
     return t
 
 
-def pipeline(src: Path, out: Path, style: str, width: int, precision: str, workdir: Path) -> dict:
-    from pipeline.render import RenderConfig, render
+def pipeline(src: Path, out: Path, style: str, width: int, precision: str, device: str, workdir: Path) -> dict:
+    from engine.config import RenderConfig
+    from engine.local import render
 
     cfg = RenderConfig(input=str(src), output=str(out), style=style, width=width, precision=precision,
-                       cache_dir=str(workdir / "cache"))
+                       device=device, batch=1, cache_dir=str(workdir / "cache"))
     report = render(cfg, progress=False, log=lambda m: None)
     return dict(report.stage_seconds, wall=report.wall_seconds, shots=report.shots, chunks=report.chunks)
 
@@ -74,13 +74,16 @@ def main() -> None:
     ap.add_argument("--frames", type=int, default=240)
     ap.add_argument("--width", type=int, default=640)
     ap.add_argument("--style", default=None)
-    ap.add_argument("--precision", default="fp32", choices=["fp32", "bf16"])
+    ap.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"])
+    ap.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
     ap.add_argument("--json", default=None, help="write results here")
     args = ap.parse_args()
 
+    from methods import configure_threads
+    from pipeline.device import resolve_device
     from pipeline.memtune import tune_malloc
-    from pipeline.stylize import configure_threads
 
+    device = resolve_device(args.device)
     tune_malloc()
     configure_threads(None)
     src = Path(args.input) if args.input else shared_video("imageio_cockatoo_yuv420.mp4")
@@ -88,8 +91,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         clip = trimmed_copy(src, args.frames, tmp / "clip.mp4")
-        base = naive(clip, tmp / "naive.mp4", style, args.width, args.precision)
-        pipe = pipeline(clip, tmp / "pipe.mp4", style, args.width, args.precision, tmp)
+        base = naive(clip, tmp / "naive.mp4", style, args.width, args.precision, device)
+        pipe = pipeline(clip, tmp / "pipe.mp4", style, args.width, args.precision, device, tmp)
     n = args.frames
     rows = []
     for stage in ("probe", "shots", "decode", "stylize", "upscale", "encode", "assemble", "wall"):
@@ -97,7 +100,7 @@ def main() -> None:
         rows.append((stage, b, p))
     print(f"clip: {src.name}, first {n} frames, working width {args.width}, style {Path(style).stem}, "
           f"{args.precision}")
-    print(f"| stage | naive s | naive fps | pipeline s | pipeline fps |")
+    print("| stage | naive s | naive fps | pipeline s | pipeline fps |")
     print("|---|---|---|---|---|")
     for stage, b, p in rows:
         fmt = lambda s: ("-", "-") if s is None else (f"{s:.2f}", f"{n / s:.1f}" if s > 0 else "-")  # noqa: E731

@@ -101,18 +101,6 @@ def _start_temporary_server(log_path: Path) -> None:
     server.start()
 
 
-def unwrap(e: BaseException) -> BaseException:
-    """The FilmstyleError behind Prefect's and Ray's wrappers, if there is one."""
-    seen = set()
-    while e is not None and id(e) not in seen:
-        seen.add(id(e))
-        if isinstance(e, FilmstyleError):
-            return e
-        cause = getattr(e, "cause", None)  # RayTaskError
-        e = cause if isinstance(cause, BaseException) else (e.__cause__ or e.__context__)
-    return e
-
-
 class _Server:
     """Prefect's temporary server, starting in a background thread."""
 
@@ -140,7 +128,7 @@ def warm_up(cfg, *, verbose: bool = False) -> None:
     """Start Prefect's temporary server now, in the background, if no API is configured (it takes
     5-10 s: the CLI's checks, imports and Ray's start overlap with it)."""
     global _server
-    from pipeline.render import cache_root
+    from pipeline.paths import cache_root
 
     _prefect_env(verbose)
     if _server is None and _needs_server():
@@ -149,7 +137,8 @@ def warm_up(cfg, *, verbose: bool = False) -> None:
         _server = _Server(log_path)
 
 
-def run(kind: str, cfg, *, ray_address: str | None = None, verbose: bool = False, quiet: bool = False) -> dict:
+def run(kind: str, cfg, *, ray_address: str | None = None, verbose: bool = False, quiet: bool = False,
+        checked: bool = False) -> dict:
     """Run the ``render``, ``restyle`` or ``precompute-flow`` flow for ``cfg`` (a RenderConfig); returns
     its report as a dict. A FilmstyleError from any task or worker is raised as itself."""
     warm_up(cfg, verbose=verbose)
@@ -165,14 +154,14 @@ def run(kind: str, cfg, *, ray_address: str | None = None, verbose: bool = False
     options = {k: v for k, v in cfg.to_dict().items() if k not in ("input", "output", "style")}
     try:
         if kind == "render":
-            return F.render_flow(cfg.input, cfg.output, cfg.style, options, ray_address)
+            return F.render_flow(cfg.input, cfg.output, cfg.style, options, ray_address, checked)
         if kind == "restyle":
-            return F.restyle_flow(cfg.input, cfg.output, cfg.style, options, ray_address)
+            return F.restyle_flow(cfg.input, cfg.output, cfg.style, options, ray_address, checked)
         if kind == "precompute-flow":
-            return F.precompute_flow(cfg.input, options, ray_address)
+            return F.precompute_flow(cfg.input, options, ray_address, checked)
         raise ValueError(f"unknown flow {kind!r}")
     except Exception as e:
-        inner = unwrap(e)
+        inner = ray_exec.unwrap(e)
         if isinstance(inner, FilmstyleError) and inner is not e:
             raise inner from None
         raise

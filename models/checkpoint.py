@@ -6,7 +6,6 @@ metadata (``filmstyle.card``), so any checkpoint loads without side files; a
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import struct
@@ -24,11 +23,9 @@ _PICKLE_MAGIC = (b"PK\x03\x04", b"\x80\x02", b"\x80\x03", b"\x80\x04", b"\x80\x0
 
 
 def file_digest(path: str | Path, length: int = 16) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()[:length]
+    from pipeline.hashing import file_hash
+
+    return file_hash(path, "sha256", length)
 
 
 def save_style_model(path: str | Path, net: TransformerNet, card: dict, *, dtype=torch.float16) -> Path:
@@ -117,35 +114,7 @@ def shipped_styles() -> dict[str, Path]:
     return {p.stem: p for p in sorted(WEIGHTS_DIR.glob("*.safetensors"))}
 
 
-#: Methods whose nets take more than the frame; a shipped style keeps them in a subfolder
-#: (``weights/recurrent/NAME.safetensors``), so ``--style NAME`` finds the right one.
-METHOD_FOLDERS = {"flow-recurrent": "recurrent"}
-
-
-def shipped_variants(name: str) -> dict[str, Path]:
-    """Method -> checkpoint of shipped style ``name`` for the methods with their own nets."""
-    return {m: p for m, folder in METHOD_FOLDERS.items()
-            if (p := WEIGHTS_DIR / folder / f"{name}.safetensors").is_file()}
-
-
-def resolve_style(name_or_path: str, method: str | None = None) -> Path:
-    """A shipped style name (its net for ``method``) or a path to any checkpoint."""
-    styles = shipped_styles()
-    if name_or_path in styles:
-        if method not in METHOD_FOLDERS:
-            return styles[name_or_path]
-        variant = shipped_variants(name_or_path).get(method)
-        if variant is None:
-            have = [n for n in styles if method in shipped_variants(n)]
-            raise InputError(f"style {name_or_path!r} has no {method} model shipped"
-                             + (f" (styles with one: {', '.join(have)})" if have else "")
-                             + "; train one with 'filmstyle train --video --init "
-                             f"{styles[name_or_path]}' and pass its path")
-        return variant
-    p = Path(name_or_path)
-    if p.suffix or os.sep in name_or_path:
-        if not p.is_file():
-            raise InputError(f"{name_or_path}: style checkpoint not found")
-        return p
-    available = ", ".join(styles) or "none shipped yet"
-    raise InputError(f"unknown style {name_or_path!r}; available styles: {available} (or pass a .safetensors path)")
+def shipped_variant(name: str, folder: str) -> Path | None:
+    """The net of shipped style ``name`` kept in ``weights/FOLDER/`` (a method's own net), if shipped."""
+    p = WEIGHTS_DIR / folder / f"{name}.safetensors"
+    return p if p.is_file() else None

@@ -13,7 +13,6 @@ Every source declares its input convention; callers always pass RGB in [0, 1].
 """
 from __future__ import annotations
 
-import hashlib
 import os
 import subprocess
 import sys
@@ -25,6 +24,8 @@ import torch
 from torch import nn
 
 from pipeline.errors import FilmstyleError
+from pipeline.hashing import file_hash
+from pipeline.paths import cache_root
 
 # Conv widths per block; "M" is a 2x2 max-pool.
 ARCHS = {
@@ -46,18 +47,13 @@ class LossNetUnavailable(FilmstyleError):
 
 
 def cache_dir() -> Path:
-    root = os.environ.get("FILMSTYLE_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "filmstyle")
-    path = Path(root) / "vgg"
+    path = cache_root() / "vgg"
     path.mkdir(parents=True, exist_ok=True)
     return path
 
 
 def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+    return file_hash(path, "sha256")
 
 
 @dataclass(frozen=True)

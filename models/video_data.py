@@ -14,7 +14,8 @@ per sample (Ruder's recipe uses both):
 
 All randomness of ``PairSampler.sample`` comes from one torch.Generator, so a
 resumed training run draws the same pairs as an uninterrupted one; the clip
-cache is built from its own seed, so it is the same in every run.
+cache is built from its own seed, so it is the same in every run. The net's
+7-channel input built from a pair is models/recurrent.py's ``recurrent_input``.
 """
 from __future__ import annotations
 
@@ -30,7 +31,7 @@ import torch
 from pipeline.errors import InputError
 from pipeline.synthetic import affine_flow
 
-from .train import load_rgb
+from .data import data_folders, load_rgb
 
 VIDEO_SUFFIXES = {".mp4", ".mkv", ".mov", ".avi", ".webm", ".m4v"}
 #: ../shared/data/videos beside the repository (absent on most machines).
@@ -58,16 +59,6 @@ class PairBatch:
 
     def to(self, device: str) -> "PairBatch":
         return PairBatch(*(t.to(device) for t in (self.prev, self.cur, self.backward, self.mask)))
-
-
-def recurrent_input(frame: torch.Tensor, warped_prev: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """The 7-channel input [frame, mask * warped previous output, mask] (Ruder et al.).
-
-    Unreliable pixels of the warped output are zeroed (Ruder fills occlusions
-    with a constant) so the net cannot copy a wrong prediction; at a shot start
-    both extra parts are zero. Training and the stylizer both build it here.
-    """
-    return torch.cat([frame, warped_prev * mask, mask], dim=1)
 
 
 # ---------------------------------------------------------------- small helpers
@@ -192,8 +183,6 @@ class SyntheticPairs:
 
 def list_videos(folders) -> list[Path]:
     """All video files below the given folders, in a stable order."""
-    from .train import data_folders
-
     files: list[Path] = []
     for folder in data_folders(folders):
         if not folder.is_dir():

@@ -13,7 +13,6 @@ the stream so.
 """
 from __future__ import annotations
 
-import hashlib
 import logging
 import operator
 import os
@@ -31,7 +30,9 @@ import numpy as np
 from pipeline import ffmpeg_tools as ft
 from pipeline.errors import FilmstyleError, InputError, OutputError
 from pipeline.ffmpeg_tools import ffmpeg_binary
+from pipeline.hashing import file_hash
 from pipeline.jsonfile import read_json_dict, write_json_atomic
+from pipeline.paths import cache_root
 
 log = logging.getLogger(__name__)
 
@@ -577,36 +578,27 @@ def normalize_vfr(path, cache_dir) -> str:
     return str(out)
 
 
-def _cache_root() -> Path:
-    root = os.environ.get("FILMSTYLE_CACHE")
-    return Path(root) if root else Path.home() / ".cache" / "filmstyle"
-
-
 _HASH_MEMO: dict[tuple, str] = {}
 _HASH_SIDECAR_MAX = 2000
 
 
-def content_hash(path) -> str:
+def content_hash(path, *, cache_dir=None) -> str:
     """BLAKE2b-256 of the file's bytes, memoised by (abs path, size, mtime_ns).
 
-    The memo lives in-process and in a small JSON sidecar under
-    $FILMSTYLE_CACHE (default ~/.cache/filmstyle), so a film is read once.
+    The memo lives in-process and in a small JSON sidecar under the cache root
+    (``cache_dir``, else $FILMSTYLE_CACHE, default ~/.cache/filmstyle), so a film is read once.
     """
     p = _existing_file(path).resolve()
     st = p.stat()
     key = (str(p), st.st_size, st.st_mtime_ns)
     if key in _HASH_MEMO:
         return _HASH_MEMO[key]
-    sidecar = _cache_root() / "content-hashes.json"
+    sidecar = cache_root(cache_dir) / "content-hashes.json"
     table = read_json_dict(sidecar)
     skey = f"{key[0]}|{key[1]}|{key[2]}"
     digest = table.get(skey)
     if digest is None:
-        h = hashlib.blake2b(digest_size=32)
-        with open(p, "rb") as f:
-            for block in iter(lambda: f.read(1 << 22), b""):
-                h.update(block)
-        digest = h.hexdigest()
+        digest = file_hash(p)
         table[skey] = digest
         try:
             write_json_atomic(sidecar, dict(list(table.items())[-_HASH_SIDECAR_MAX:]))

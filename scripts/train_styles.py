@@ -96,7 +96,8 @@ def pack(dest: Path) -> None:
 
 def run_one(spec: dict) -> None:
     """Train one net as ``spec`` says (kind image or recurrent); the parent runs several at once."""
-    from models.train import TrainConfig, VideoTrainConfig, train, train_video
+    from models.train import TrainConfig, train
+    from models.train_video import VideoTrainConfig, train_video
 
     kind = spec.pop("kind")
     if kind == "image":
@@ -133,7 +134,7 @@ class Judge:
         import torch
 
         from models import losses as L
-        from models.train import load_rgb, to_tensor
+        from models.data import load_rgb, to_tensor
         from models.vgg import find_weights, loss_network
 
         self.torch, self.L, self.device = torch, L, device
@@ -194,7 +195,8 @@ def run_optimum(pack_dir: Path, out: Path, device: str, vgg_path: str, styles: l
 
     from models import losses as L
     from models.optimize import OptimizeConfig, optimize
-    from models.train import TrainConfig, load_rgb, to_tensor
+    from models.data import load_rgb, to_tensor
+    from models.train import TrainConfig
     from models.vgg import find_weights, loss_network
 
     d = TrainConfig(style="", data="", out="")

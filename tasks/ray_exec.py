@@ -6,11 +6,11 @@ while Ray places the work.
 
 * ``connect`` joins ``--ray-address`` / $RAY_ADDRESS, reuses a Ray this process already
   initialised, or starts a local one sized to the machine.
-* Flow: ``flow_chunk`` runs ``pipeline.render.flow_for_chunk`` for one chunk as a Ray task
+* Flow: ``flow_chunk`` runs ``engine.flow_stage.flow_for_chunk`` for one chunk as a Ray task
   (1 CPU, SPREAD over the nodes, OpenCV single-threaded so N tasks use N cores; Ray resubmits it
   when its worker or node dies).
 * Stylize: ``StylizePool`` holds ``StylizeActor``s, each loading the model once per job
-  (``pipeline.render.ChunkWorker``). Its size comes from the cluster's resources: one actor per
+  (``engine.chunks.ChunkWorker``). Its size comes from the cluster's resources: one actor per
   GPU; on CPU nodes one actor per ``threads`` cores (default 1 thread: on 2 cores, 2 actors x 1
   thread stylized 4x faster than 1 actor x 2 threads here, see docs/orchestration.md). A call
   whose actor (or its node) dies is re-run on another actor; the pool replaces lost actors as far
@@ -35,6 +35,8 @@ from dataclasses import asdict, dataclass
 
 import ray
 from ray.exceptions import ObjectLostError, RayActorError, RayTaskError
+
+from pipeline.errors import FilmstyleError
 
 log = logging.getLogger("filmstyle.ray")
 
@@ -89,7 +91,15 @@ def node_id() -> str:
 
 
 def unwrap(e: BaseException) -> BaseException:
-    """The exception a Ray task raised (a FilmstyleError stays one), not Ray's wrapper."""
+    """The error behind Ray's and Prefect's wrappers: the first FilmstyleError in the chain of
+    causes, else the exception a Ray task raised, else ``e`` itself."""
+    seen, cur = set(), e
+    while cur is not None and id(cur) not in seen:
+        seen.add(id(cur))
+        if isinstance(cur, FilmstyleError):
+            return cur
+        cause = getattr(cur, "cause", None) if isinstance(cur, RayTaskError) else None
+        cur = cause if isinstance(cause, BaseException) else (cur.__cause__ or cur.__context__)
     cause = getattr(e, "cause", None) if isinstance(e, RayTaskError) else None
     return cause if isinstance(cause, BaseException) else e
 
@@ -145,8 +155,8 @@ def release(job_uri: str) -> None:
 def _flow_chunk(job, chunk_id: str) -> dict:
     import cv2
 
+    from engine.flow_stage import flow_for_chunk
     from pipeline.memtune import tune_malloc
-    from pipeline.render import flow_for_chunk
 
     tune_malloc()  # as the CLI does for its own process
     cv2.setNumThreads(1)  # one core per task: N tasks use N cores
@@ -173,13 +183,13 @@ class ActorPlan:
     device: str
 
 
-def plan_actors(nodes: list[dict] | None = None, threads: int | None = None) -> ActorPlan:
-    """One actor per GPU; else per CPU node one actor per ``threads`` cores (node by node, so no
-    actor asks for more cores than a node has; an actor asking for a GPU on a CPU-only cluster
-    would wait forever)."""
+def plan_actors(nodes: list[dict] | None = None, threads: int | None = None, device: str = "auto") -> ActorPlan:
+    """One actor per GPU (unless ``device`` is cpu); else per CPU node one actor per ``threads``
+    cores (node by node, so no actor asks for more cores than a node has; an actor asking for a
+    GPU on a CPU-only cluster would wait forever)."""
     if nodes is None:
         nodes = cluster_nodes()
-    gpus = int(sum(n["gpus"] for n in nodes))
+    gpus = int(sum(n["gpus"] for n in nodes)) if device != "cpu" else 0
     if gpus:
         return ActorPlan(count=gpus, threads=threads or 2, num_cpus=1, num_gpus=1, device="cuda")
     most = max((int(n["cpus"]) for n in nodes), default=1)
@@ -208,8 +218,9 @@ class StylizeActor:
         return node_id()
 
     def render(self, job, chunk_id: str, state: bytes | None):
-        from pipeline.render import ChunkWorker, StageTimer
-        from pipeline.stylize import CarryState
+        from engine.chunks import ChunkWorker
+        from engine.progress import StageTimer
+        from pipeline.carry import CarryState
 
         worker = self.workers.get(job.work_uri)
         if worker is None:
@@ -269,7 +280,7 @@ class StylizePool:
                 ray.kill(actor, no_restart=True)
             except Exception:  # already gone
                 pass
-            want = plan_actors(threads=self.plan.threads).count
+            want = plan_actors(threads=self.plan.threads, device=self.plan.device).count
             missing = want - len(self._actors) - self._pending
             for _ in range(max(0, missing)):
                 self._pending += 1
@@ -349,9 +360,9 @@ class StylizePool:
                 pass
 
 
-def start_pool(job_uri: str, threads: int | None = None) -> StylizePool:
+def start_pool(job_uri: str, threads: int | None = None, device: str = "auto") -> StylizePool:
     """Size and start the job's actor pool (after the flow stage: actors hold their cores)."""
-    plan = plan_actors(threads=threads)
+    plan = plan_actors(threads=threads, device=device)
     pool = StylizePool(job_uri, plan)
     with _lock:
         _pools[job_uri] = pool

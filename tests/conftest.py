@@ -175,7 +175,19 @@ def _start_local_ray() -> None:
     import ray
 
     if not ray.is_initialized():
+        # Workers import what the tests define (a plug-in method) the way a cluster's nodes import
+        # installed code: from their Python path.
+        _tests_on_worker_path()
         ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="WARNING")
+
+
+def _tests_on_worker_path() -> None:
+    import os
+
+    here = str(Path(__file__).resolve().parent)
+    paths = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+    if here not in paths:
+        os.environ["PYTHONPATH"] = os.pathsep.join([here, *paths])
 
 
 @pytest.fixture(scope="session")

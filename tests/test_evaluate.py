@@ -1,4 +1,4 @@
-"""`pipeline.evaluate`: warping error with an independent flow, seams, style loss, plot."""
+"""`engine.evaluate`: warping error with an independent flow, seams, style loss, plot."""
 from __future__ import annotations
 
 import json
@@ -9,7 +9,9 @@ import torch
 
 from models.checkpoint import save_style_model
 from models.transformer import TransformerConfig, TransformerNet
-from pipeline import evaluate as E, render as R
+from engine import evaluate as E
+from engine.config import RenderConfig
+from engine.local import render
 from pipeline.errors import InputError
 from pipeline.synthetic import make_demo_clip
 
@@ -23,9 +25,9 @@ def renders(tmp_path_factory):
                               shots=("astronaut", "coffee")))
     out = {}
     for method in ("per-frame", "flow-blend"):
-        cfg = R.RenderConfig(input=clip, output=str(d / f"{method}.mp4"), style=style, method=method, width=96,
+        cfg = RenderConfig(input=clip, output=str(d / f"{method}.mp4"), style=style, method=method, width=96,
                              chunk_frames=8, cache_dir=str(d / "cache"))
-        out[method] = R.render(cfg, progress=False, log=lambda m: None)
+        out[method] = render(cfg, progress=False, log=lambda m: None)
     return clip, out
 
 
@@ -95,7 +97,7 @@ def test_eval_cli_reads_the_report(renders, tmp_path):
 
     _, reports = renders
     out = reports["flow-blend"].output
-    proc = subprocess.run([sys.executable, "-m", "pipeline.cli", "eval", out, "--width", "96", "--style", "none",
+    proc = subprocess.run([sys.executable, "-m", "cli", "eval", out, "--width", "96", "--style", "none",
                            "--json", str(tmp_path / "e.json"), "--plot", str(tmp_path / "e.png"),
                            "--flow-cache", str(tmp_path / "fc")],
                           capture_output=True, text=True)

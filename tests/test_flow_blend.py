@@ -5,9 +5,12 @@ import cv2
 import numpy as np
 import pytest
 
-from pipeline.cli import _render_config, build_parser
+from cli.args import config_from_args
+from cli.main import build_parser
+from methods import validate_options
 from pipeline.flow import FlowPair
-from pipeline.flow_blend import DETAIL_SIGMA, FlowBlendStylizer, keep_detail, photometric_confidence
+from methods.flow_blend import DETAIL_SIGMA, FlowBlend, keep_detail, photometric_confidence
+from pipeline.errors import InputError
 from pipeline.synthetic import load_photo
 
 W, H, SHIFT = 96, 64, 3
@@ -79,23 +82,29 @@ def test_masks_and_options(tiny_styles):
     frames = np.stack([prev, cur])
     # A consistency mask that trusts nothing: the consistency blend must then be the fresh frame.
     flow = _OnePair(FlowPair(-backward, backward, np.zeros((H, W), np.float32)))
-    fresh = FlowBlendStylizer(tiny_styles[0], strength=0.0).stylize(frames, 0, None, flow)[0]
-    by_mask = FlowBlendStylizer(tiny_styles[0], blend_mask="consistency").stylize(frames, 0, None, flow)[0]
-    by_photo = FlowBlendStylizer(tiny_styles[0]).stylize(frames, 0, None, flow)[0]
+    fresh = FlowBlend(tiny_styles[0], strength=0.0).stylize(frames, 0, None, flow)[0]
+    by_mask = FlowBlend(tiny_styles[0], blend_mask="consistency").stylize(frames, 0, None, flow)[0]
+    by_photo = FlowBlend(tiny_styles[0]).stylize(frames, 0, None, flow)[0]
     assert np.array_equal(by_mask, fresh)
     assert not np.array_equal(by_photo[1], fresh[1])  # the photometric check trusts the exact warp
-    flat = FlowBlendStylizer(tiny_styles[0], keep_detail=False).stylize(frames, 0, None, flow)[0]
+    flat = FlowBlend(tiny_styles[0], keep_detail=False).stylize(frames, 0, None, flow)[0]
     assert _detail_energy(flat[1].astype(np.float32)) < _detail_energy(by_photo[1].astype(np.float32))
-    with pytest.raises(ValueError, match="mask"):
-        FlowBlendStylizer(tiny_styles[0], blend_mask="sometimes")
-    p = FlowBlendStylizer(tiny_styles[0]).params()
+    with pytest.raises(InputError, match="blend_mask must be one of"):
+        FlowBlend(tiny_styles[0], blend_mask="sometimes")
+    with pytest.raises(InputError, match=r"strength must be in \[0, 1\)"):
+        FlowBlend(tiny_styles[0], strength=1.5)
+    p = FlowBlend(tiny_styles[0]).params()
     assert p["blend_mask"] == "photometric" and p["keep_detail"] is True and p["strength"] == 0.6
 
 
 def test_cli_passes_the_blend_options():
     args = build_parser().parse_args(["render", "in.mp4", "-o", "out.mp4", "--method", "flow-blend",
                                       "--blend-mask", "consistency", "--no-keep-detail", "--strength", "0.4"])
-    opts = _render_config(args).method_options()
-    assert opts == {"strength": 0.4, "refine": False, "blend_mask": "consistency", "keep_detail": False}
-    defaults = _render_config(build_parser().parse_args(["render", "in.mp4", "-o", "out.mp4"])).method_options()
-    assert defaults["blend_mask"] == "photometric" and defaults["keep_detail"] is True
+    cfg = config_from_args(args)
+    assert cfg.options == {"strength": 0.4, "blend_mask": "consistency", "keep_detail": False}  # what was given
+    assert validate_options(cfg.method, cfg.options) == {"strength": 0.4, "refine": False,
+                                                         "blend_mask": "consistency", "keep_detail": False}
+    defaults = config_from_args(build_parser().parse_args(["render", "in.mp4", "-o", "out.mp4", "--method",
+                                                           "flow-blend"]))
+    assert validate_options(defaults.method, defaults.options) == {"strength": 0.6, "refine": False,
+                                                                   "blend_mask": "photometric", "keep_detail": True}

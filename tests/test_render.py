@@ -15,7 +15,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline import media, render as R
+import engine.chunks
+from engine.chunks import render_chunk
+from engine.config import RenderConfig
+from engine.local import render
+from pipeline import media
 from pipeline.synthetic import demo_shot_bounds
 
 FPS = Fraction(24)
@@ -37,7 +41,7 @@ def demo_clip(demo_clip_factory):
 def _cfg(src, out, style, tmp, **kw):
     kw.setdefault("width", 96)
     kw.setdefault("cache_dir", str(tmp / "cache"))
-    return R.RenderConfig(input=src, output=str(out), style=style, **kw)
+    return RenderConfig(input=src, output=str(out), style=style, **kw)
 
 
 def _decode_all(path, size=None):
@@ -47,7 +51,7 @@ def _decode_all(path, size=None):
 
 def test_render_keeps_frames_cuts_audio_and_duration(tmp_path, demo_clip, tiny_style):
     out = tmp_path / "out.mp4"
-    report = R.render(_cfg(demo_clip, out, tiny_style, tmp_path, chunk_frames=10), progress=False, log=lambda m: None)
+    report = render(_cfg(demo_clip, out, tiny_style, tmp_path, chunk_frames=10), progress=False, log=lambda m: None)
     src, dst = media.probe(demo_clip), media.probe(str(out))
     assert dst.frame_count == src.frame_count and dst.fps == src.fps
     assert abs(dst.duration - src.duration) <= 1 / float(src.fps)
@@ -72,7 +76,7 @@ def test_chunked_render_equals_unchunked(tmp_path, demo_clip, tiny_style):
     outs = []
     for n in (5, 1000):
         out = tmp_path / f"c{n}.mp4"
-        R.render(_cfg(demo_clip, out, tiny_style, tmp_path, chunk_frames=n, crf=0), progress=False, log=lambda m: None)
+        render(_cfg(demo_clip, out, tiny_style, tmp_path, chunk_frames=n, crf=0), progress=False, log=lambda m: None)
         outs.append(_decode_all(str(out)))
     assert np.array_equal(outs[0], outs[1])
 
@@ -80,7 +84,7 @@ def test_chunked_render_equals_unchunked(tmp_path, demo_clip, tiny_style):
 def test_killed_render_resumes_without_recomputing(tmp_path, demo_clip, tiny_style, monkeypatch):
     cfg = _cfg(demo_clip, tmp_path / "r.mp4", tiny_style, tmp_path, chunk_frames=8, crf=0)
     calls = {"n": 0}
-    original = R.render_chunk
+    original = render_chunk
 
     def dies_on_fifth(*a, **kw):
         calls["n"] += 1
@@ -88,15 +92,15 @@ def test_killed_render_resumes_without_recomputing(tmp_path, demo_clip, tiny_sty
             raise KeyboardInterrupt  # stands in for a kill mid-render
         return original(*a, **kw)
 
-    monkeypatch.setattr(R, "render_chunk", dies_on_fifth)
+    monkeypatch.setattr(engine.chunks, "render_chunk", dies_on_fifth)
     with pytest.raises(KeyboardInterrupt):
-        R.render(cfg, progress=False, log=lambda m: None)
+        render(cfg, progress=False, log=lambda m: None)
     assert not Path(cfg.output).exists()
-    monkeypatch.setattr(R, "render_chunk", original)
-    report = R.render(cfg, progress=False, log=lambda m: None)
+    monkeypatch.setattr(engine.chunks, "render_chunk", original)
+    report = render(cfg, progress=False, log=lambda m: None)
     assert report.chunks_resumed == 4
     clean = tmp_path / "clean.mp4"
-    R.render(_cfg(demo_clip, clean, tiny_style, tmp_path / "other", chunk_frames=8, crf=0), progress=False,
+    render(_cfg(demo_clip, clean, tiny_style, tmp_path / "other", chunk_frames=8, crf=0), progress=False,
              log=lambda m: None)
     assert np.array_equal(_decode_all(cfg.output), _decode_all(str(clean)))
 
@@ -108,7 +112,7 @@ def test_odd_size_and_non_square_pixels(tmp_path, tiny_style):
                     "testsrc2=size=321x181:rate=25:duration=1", "-vf", "setsar=4/3", "-pix_fmt", "yuv444p",
                     "-c:v", "libx264", str(src)], check=True)
     out = tmp_path / "ana_out.mp4"
-    R.render(_cfg(str(src), out, tiny_style, tmp_path), progress=False, log=lambda m: None)
+    render(_cfg(str(src), out, tiny_style, tmp_path), progress=False, log=lambda m: None)
     info = media.probe(str(out))
     assert info.sar == 1 and info.width % 2 == 0 and info.height % 2 == 0
     assert abs(info.width / info.height - 428 / 181) < 0.02
@@ -125,7 +129,7 @@ def test_rotated_source_is_delivered_upright(tmp_path, tiny_style):
                    check=True)
     assert media.probe(str(src)).rotation in (90, 270)
     out = tmp_path / "rot_out.mp4"
-    R.render(_cfg(str(src), out, tiny_style, tmp_path, width=48), progress=False, log=lambda m: None)
+    render(_cfg(str(src), out, tiny_style, tmp_path, width=48), progress=False, log=lambda m: None)
     info = media.probe(str(out))
     assert (info.width, info.height) == (96, 160) and info.rotation == 0
 
@@ -134,7 +138,7 @@ def test_rotated_source_is_delivered_upright(tmp_path, tiny_style):
 
 
 def _cli(*args):
-    return subprocess.run([sys.executable, "-m", "pipeline.cli", *map(str, args)], capture_output=True, text=True)
+    return subprocess.run([sys.executable, "-m", "cli", *map(str, args)], capture_output=True, text=True)
 
 
 @pytest.fixture(scope="module")

@@ -198,6 +198,38 @@ def test_uris_and_config(tmp_path, monkeypatch):
             S3Config.from_env(bad)
 
 
+def test_registered_scheme_is_used_by_open_storage(tmp_path, monkeypatch):
+    monkeypatch.setattr(storage.base, "_SCHEMES", dict(storage.base._SCHEMES))  # undone after the test
+    opened = []
+
+    def open_mem(uri, config):  # a stand-in backend: "mem://name/prefix" is a folder under tmp_path
+        opened.append((uri, config))
+        _, name, prefix = split_uri(uri)
+        return LocalStorage(tmp_path / name / prefix)
+
+    storage.register_scheme("mem", open_mem)
+    cfg = S3Config()
+    store = open_storage("mem://box/a/b/", cfg)
+    assert isinstance(store, LocalStorage) and store.root == str(tmp_path / "box" / "a" / "b")
+    assert opened == [("mem://box/a/b/", cfg)]
+    assert split_uri("mem://box/a/b/") == ("mem", "box", "a/b") and is_remote("mem://box/a")
+    parent, key = storage.open_object("mem://box/a/clip.mp4")
+    assert key == "clip.mp4" and parent.root == str(tmp_path / "box" / "a")
+    with pytest.raises(StorageError, match="names no object"):
+        storage.open_object("mem://box")
+    with pytest.raises(StorageError, match=r"unsupported storage scheme 'gs' \(use a path, file://, mem:// or s3://\)"):
+        open_storage("gs://b/p")
+
+
+def test_unknown_scheme_is_one_clear_error():
+    for call in (open_storage, storage.open_object, split_uri):
+        with pytest.raises(StorageError) as err:
+            call("gs://bucket/films/a.mp4")
+        assert isinstance(err.value, FilmstyleError)
+        assert str(err.value) == ("gs://bucket/films/a.mp4: unsupported storage scheme 'gs' "
+                                  "(use a path, file:// or s3://)")
+
+
 # ----------------------------------------------------------------------------- S3 specifics
 
 def test_s3_multipart_put_file(s3_server, s3_bucket, tmp_path):

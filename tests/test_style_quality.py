@@ -97,13 +97,13 @@ def _high_frequency_share(frames: np.ndarray) -> float:
 def test_style_scale_moves_texture_to_lower_frequencies_and_keeps_the_frame_size(tiny_styles):
     from skimage import data
 
-    from pipeline.stylize import make_stylizer
+    from methods import RunSettings, make_method
 
     frame = np.asarray(data.chelsea())[:192, :256]
     frames = np.stack([frame, frame[:, ::-1]])
     shares = {}
     for scale in (1.0, 2.0, 3.0):
-        st = make_stylizer("per-frame", tiny_styles[0], style_scale=scale)
+        st = make_method("per-frame", tiny_styles[0], RunSettings(style_scale=scale))
         out, _ = st.stylize(frames, 0, None)
         assert out.shape == frames.shape and out.dtype == np.uint8
         shares[scale] = _high_frequency_share(out)
@@ -113,7 +113,7 @@ def test_style_scale_moves_texture_to_lower_frequencies_and_keeps_the_frame_size
 
 def test_style_scale_out_of_range_is_a_clear_error(tiny_styles):
     from pipeline.errors import InputError
-    from pipeline.stylize import make_stylizer
+    from methods import RunSettings, make_method
 
     with pytest.raises(InputError, match="style scale"):
-        make_stylizer("per-frame", tiny_styles[0], style_scale=0)
+        make_method("per-frame", tiny_styles[0], RunSettings(style_scale=0))

@@ -6,7 +6,9 @@ from fractions import Fraction
 import numpy as np
 import pytest
 
-from pipeline import media, render as R
+from engine.config import RenderConfig
+from engine.local import render
+from pipeline import media
 from pipeline.metrics import warping_error
 from pipeline.synthetic import demo_shot_bounds
 from pipeline.storage import open_storage
@@ -28,8 +30,8 @@ def _render(clip, out, style, tmp, **kw):
     kw.setdefault("width", 96)
     kw.setdefault("cache_dir", str(tmp / "cache"))
     kw.setdefault("crf", 0)  # lossless: decoded frames differ only if stylized frames differ
-    cfg = R.RenderConfig(input=clip, output=str(out), style=style, **kw)
-    return R.render(cfg, progress=False, log=lambda m: None)
+    cfg = RenderConfig(input=clip, output=str(out), style=style, **kw)
+    return render(cfg, progress=False, log=lambda m: None)
 
 
 def _frames(path):

@@ -32,7 +32,7 @@ def train_data(tmp_path_factory):
 
 
 def _cli(*args, check=True):
-    proc = subprocess.run([sys.executable, "-m", "pipeline.cli", *map(str, args)], capture_output=True, text=True)
+    proc = subprocess.run([sys.executable, "-m", "cli", *map(str, args)], capture_output=True, text=True)
     if check:
         assert proc.returncode == 0, proc.stderr
     return proc
@@ -63,7 +63,7 @@ def test_resume_after_sigkill_is_exact(tmp_path, train_data):
 
     killed = tmp_path / "killed.safetensors"
     state = killed.with_name(killed.name + ".state.safetensors")
-    cmd = [sys.executable, "-m", "pipeline.cli", "train", "--style", str(style), "--data", str(photos),
+    cmd = [sys.executable, "-m", "cli", "train", "--style", str(style), "--data", str(photos),
            "--out", str(killed), "--steps", str(steps), "--checkpoint-every-steps", "2", *TINY]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     deadline = time.monotonic() + 120
@@ -126,15 +126,15 @@ def test_grad_clip_bounds_the_step_and_the_norm_is_tracked(tmp_path):
     """With SGD (lr 1) the parameter change is the clipped gradient: its norm is the clip."""
     import torch
 
-    from models.train import _Run
+    from models.train_run import Run
 
     def one_step(clip):
         net = torch.nn.Linear(8, 1)
         torch.nn.init.constant_(net.weight, 1.0)
         torch.nn.init.zeros_(net.bias)
         opt = torch.optim.SGD(net.parameters(), lr=1.0)
-        run = _Run(tmp_path / f"c{clip}.safetensors", net, opt, torch.Generator(), {}, restart=True,
-                   log=print, every_s=1e9, every_steps=0, grad_clip=clip)
+        run = Run(tmp_path / f"c{clip}.safetensors", net, opt, torch.Generator(), {}, restart=True,
+                  log=print, every_s=1e9, every_steps=0, grad_clip=clip)
         run.start_clock()
         before = torch.cat([p.detach().flatten().clone() for p in net.parameters()])
         loss = net(torch.full((1, 8), 10.0)).sum() ** 2  # a large gradient
@@ -151,12 +151,12 @@ def test_grad_clip_bounds_the_step_and_the_norm_is_tracked(tmp_path):
 def test_learning_rate_warms_up_linearly_and_the_real_rate_is_kept(tmp_path):
     import torch
 
-    from models.train import _Run
+    from models.train_run import Run
 
     w = torch.nn.Parameter(torch.zeros(1))
     opt = torch.optim.SGD([w], lr=0.1)
-    run = _Run(tmp_path / "w.safetensors", torch.nn.ParameterList([w]), opt, torch.Generator(), {}, restart=True,
-               log=lambda m: None, every_s=1e9, every_steps=0, lr_warmup=4)
+    run = Run(tmp_path / "w.safetensors", torch.nn.ParameterList([w]), opt, torch.Generator(), {}, restart=True,
+              log=lambda m: None, every_s=1e9, every_steps=0, lr_warmup=4)
     run.start_clock()
     moves = []
     for _ in range(6):
@@ -171,11 +171,11 @@ def test_learning_rate_warms_up_linearly_and_the_real_rate_is_kept(tmp_path):
 def test_a_net_whose_output_goes_flat_stops_with_an_error(tmp_path):
     import torch
 
-    from models.train import TrainingCollapsed, _Run
+    from models.train_run import Run, TrainingCollapsed
 
     net = torch.nn.Conv2d(3, 3, 3, padding=1)
-    run = _Run(tmp_path / "f.safetensors", net, torch.optim.SGD(net.parameters(), lr=1e-3), torch.Generator(), {},
-               restart=True, log=lambda m: None, every_s=1e9, every_steps=0)
+    run = Run(tmp_path / "f.safetensors", net, torch.optim.SGD(net.parameters(), lr=1e-3), torch.Generator(), {},
+              restart=True, log=lambda m: None, every_s=1e9, every_steps=0)
     run.start_clock()
     bar, x = _Bar(), torch.rand(2, 3, 16, 16)
     for _ in range(run.WARMUP + 20):  # a textured output: no complaint
@@ -195,14 +195,14 @@ def test_a_net_whose_output_goes_flat_stops_with_an_error(tmp_path):
 def test_divergence_rolls_back_to_the_last_healthy_checkpoint_at_half_the_rate(tmp_path):
     import torch
 
-    from models.train import TrainingDiverged, _Run
+    from models.train_run import Run, TrainingDiverged
 
     torch.manual_seed(0)
     net = torch.nn.Linear(4, 1)
     opt = torch.optim.Adam(net.parameters(), lr=1e-3)
     logs = []
-    run = _Run(tmp_path / "d.safetensors", net, opt, torch.Generator(), {}, restart=True, log=logs.append,
-               every_s=1e9, every_steps=10)
+    run = Run(tmp_path / "d.safetensors", net, opt, torch.Generator(), {}, restart=True, log=logs.append,
+              every_s=1e9, every_steps=10)
     run.start_clock()
     bar, x = _Bar(), torch.ones(1, 4)
 
@@ -221,8 +221,8 @@ def test_divergence_rolls_back_to_the_last_healthy_checkpoint_at_half_the_rate(t
     assert opt.param_groups[0]["lr"] == pytest.approx(5e-4) and back["new_lr"] == pytest.approx(5e-4)
     assert all(torch.equal(good[k], v) for k, v in net.state_dict().items())  # the healthy weights are back
     # No checkpoint was written while it was blowing up, and a restart keeps the lower rate.
-    again = _Run(tmp_path / "d.safetensors", net, torch.optim.Adam(net.parameters(), lr=1e-3), torch.Generator(),
-                 {}, restart=False, log=logs.append, every_s=1e9, every_steps=10)
+    again = Run(tmp_path / "d.safetensors", net, torch.optim.Adam(net.parameters(), lr=1e-3), torch.Generator(),
+                {}, restart=False, log=logs.append, every_s=1e9, every_steps=10)
     assert again.step == 150 and again.opt.param_groups[0]["lr"] == pytest.approx(5e-4)
     # A run that keeps blowing up ends with a clear error after a bounded number of rollbacks.
     with pytest.raises(TrainingDiverged, match="resume with a lower --lr"):

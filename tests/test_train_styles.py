@@ -19,7 +19,7 @@ def test_what_the_gpu_machine_runs_imports_nothing_it_lacks():
     # The GPU machine has torch, numpy, OpenCV, scikit-image, safetensors, h5py, PIL, tqdm: no
     # PyAV, ffmpeg, Ray, Prefect, boto3 or PySceneDetect.
     code = ("import runpy, sys; sys.argv = ['x', '--help']\n"
-            "import models.train, models.video_data, models.optimize, pipeline.flow\n"
+            "import models.train, models.train_video, models.video_data, models.optimize, pipeline.flow\n"
             f"runpy.run_path({str(SCRIPT)!r}, run_name='not_main')\n"
             "bad = sorted({m.split('.')[0] for m in sys.modules} & "
             "{'av', 'ray', 'prefect', 'boto3', 'botocore', 'scenedetect', 'imageio_ffmpeg', 'ffmpeg'})\n"

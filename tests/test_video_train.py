@@ -11,13 +11,14 @@ from safetensors.torch import load_file
 
 from models import losses as L
 from models.checkpoint import load_style_model, save_style_model
-from models.train import VideoTrainConfig, load_recurrent_init, train_video
+from models.recurrent import load_recurrent_init
+from models.train_video import VideoTrainConfig, train_video
 from models.transformer import TransformerConfig, TransformerNet
 from models.video_data import ClipPairs, PairSampler, SyntheticPairs, list_videos
 from pipeline.errors import InputError
 from pipeline.flow import FlowPair, reliability_mask, warp_torch
-from pipeline.flow_recurrent import FlowRecurrentStylizer
-from pipeline.stylize import CarryState
+from methods.flow_recurrent import FlowRecurrent
+from pipeline.carry import CarryState
 from pipeline.synthetic import camera_move
 
 TINY = TransformerConfig(base_channels=8, residual_blocks=1)
@@ -66,7 +67,7 @@ def test_synthetic_pairs_have_exact_flow(data):
     _, photos, _, _ = data
     import cv2
 
-    from models.train import list_images, load_rgb
+    from models.data import list_images, load_rgb
 
     files = list_images(photos)
     batch = PairSampler(files, 48, torch.Generator().manual_seed(1), mix=(1, 0)).sample(8)
@@ -92,7 +93,7 @@ def test_synthetic_pairs_have_exact_flow(data):
 
 def test_sampler_is_deterministic_in_its_generator(data):
     _, photos, _, _ = data
-    from models.train import list_images
+    from models.data import list_images
 
     files = list_images(photos)
     a = PairSampler(files, 32, torch.Generator().manual_seed(3), mix=(1, 0)).sample(2)
@@ -102,7 +103,7 @@ def test_sampler_is_deterministic_in_its_generator(data):
 
 def test_clip_pairs_have_dis_flow_and_mask(data):
     _, photos, _, clips = data
-    from models.train import list_images
+    from models.data import list_images
 
     pairs = ClipPairs(list_videos(clips), 48, pairs_per_clip=4, log=lambda *_: None)
     assert len(pairs) >= 3 and pairs.clips == ["pan.mp4"]
@@ -218,7 +219,7 @@ class ExactFlow:
 
 def test_flow_recurrent_chunked_equals_unchunked(tmp_path):
     path = _checkpoint(tmp_path / "recurrent.safetensors", 7, seed=1)
-    stylizer = FlowRecurrentStylizer(path)
+    stylizer = FlowRecurrent(path)
     frames, flows = camera_move("astronaut", 7, (48, 32), "pan", 0.4)
     flow = ExactFlow(flows)
 
@@ -238,4 +239,4 @@ def test_flow_recurrent_refuses_per_frame_checkpoint(tmp_path):
     path = _checkpoint(tmp_path / "starry.safetensors", 3)
     with pytest.raises(InputError, match="style starry is a per-frame model; flow-recurrent needs a model "
                                          "trained with `filmstyle train --video`"):
-        FlowRecurrentStylizer(path)
+        FlowRecurrent(path)

@@ -25,10 +25,10 @@ from pathlib import Path
 
 import numpy as np
 
-from . import media
-from .errors import InputError
-from .flow import FlowCache, compute_pair, make_flow_backend
-from .metrics import seam_error, warping_error
+from pipeline import media
+from pipeline.errors import InputError
+from pipeline.flow import FlowCache, compute_pair, make_flow_backend
+from pipeline.metrics import seam_error, warping_error
 
 
 @dataclass
@@ -58,7 +58,8 @@ DEFAULT_JUDGE = "tvl1"
 
 def evaluate(output: str, source: str, *, width: int = 640, flow_backend: str = DEFAULT_JUDGE,
              shot_starts: list[int] | None = None, chunk_starts: list[int] | None = None,
-             style: str | None = None, style_samples: int = 16, flow_cache: str | None = None) -> EvalResult:
+             style: str | None = None, style_samples: int = 16, flow_cache: str | None = None,
+             device: str = "cpu") -> EvalResult:
     """Compare ``output`` with its ``source`` (same frame count). Shots and chunks come from the render report.
 
     ``flow_cache``: a folder or storage URI that keeps the judge's flow pairs (content-addressed, as
@@ -73,7 +74,7 @@ def evaluate(output: str, source: str, *, width: int = 640, flow_backend: str = 
     backend = make_flow_backend(flow_backend)
     cache = None
     if flow_cache:
-        from .storage import open_storage
+        from pipeline.storage import open_storage
 
         cache = FlowCache(open_storage(flow_cache), media.content_hash(source), size, backend)
     per_frame: dict[int, float] = {}
@@ -91,17 +92,19 @@ def evaluate(output: str, source: str, *, width: int = 640, flow_backend: str = 
         result.seam = seam_error(per_frame, seams) if seams else {}
     if style:
         result.style_loss, result.content_loss, result.style_loss_source = style_losses(
-            out, src, style, samples=style_samples)
+            out, src, style, samples=style_samples, device=device)
     return result
 
 
-def style_losses(out: np.ndarray, src: np.ndarray, style: str, samples: int = 16) -> tuple[float, float, float]:
+def style_losses(out: np.ndarray, src: np.ndarray, style: str, samples: int = 16,
+                 device: str = "cpu") -> tuple[float, float, float]:
     """Mean relative style loss (output and source vs the style image) and content loss (output vs source)."""
     import torch
 
+    from methods import resolve_style
     from models import losses as L
-    from models.checkpoint import read_card, resolve_style
-    from models.train import load_rgb, to_tensor
+    from models.checkpoint import read_card
+    from models.data import load_rgb, to_tensor
     from models.vgg import loss_network
 
     path = Path(style)
@@ -116,13 +119,13 @@ def style_losses(out: np.ndarray, src: np.ndarray, style: str, samples: int = 16
         style_size = card.get("config", {}).get("style_size", 320)
     if not style_img.is_file():
         raise InputError(f"{style_img}: style image not found (needed for the style loss)")
-    vgg = loss_network(tuple(sorted(set(L.STYLE_LAYERS) | set(L.CONTENT_LAYERS))))
+    vgg = loss_network(tuple(sorted(set(L.STYLE_LAYERS) | set(L.CONTENT_LAYERS)))).to(device)
     idx = np.linspace(0, len(out) - 1, min(samples, len(out))).round().astype(int)
     with torch.no_grad():
-        target = L.StyleTarget(vgg(to_tensor(load_rgb(style_img, style_size))[None]))
+        target = L.StyleTarget(vgg(to_tensor(load_rgb(style_img, style_size))[None].to(device)))
         s_out, s_src, c = [], [], []
         for i in idx:
-            fo, fs = vgg(to_tensor(out[i])[None]), vgg(to_tensor(src[i])[None])
+            fo, fs = vgg(to_tensor(out[i])[None].to(device)), vgg(to_tensor(src[i])[None].to(device))
             s_out.append(float(L.style_loss(fo, target)))
             s_src.append(float(L.style_loss(fs, target)))
             c.append(float(L.content_loss(fo, fs)))

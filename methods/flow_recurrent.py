@@ -11,16 +11,19 @@ rendered in chunks equals the shot rendered in one piece, bit for bit.
 """
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from .errors import InputError
-from .flow import warp
-from .stylize import CarryState, NetRunner, register
+from models.recurrent import RECURRENT_CHANNELS, recurrent_input
+from pipeline.carry import CarryState
+from pipeline.errors import InputError
+from pipeline.flow import warp
 
-RECURRENT_CHANNELS = 7
+from .base import RunSettings, register
+from .net import NetMethod, to_uint8
 
 
 def _to_tensor(img: np.ndarray, scale: float) -> torch.Tensor:
@@ -30,28 +33,23 @@ def _to_tensor(img: np.ndarray, scale: float) -> torch.Tensor:
     return t.permute(2, 0, 1)[None].div_(scale)
 
 
-@register("flow-recurrent")
-class FlowRecurrentStylizer:
+@register
+class FlowRecurrent(NetMethod):
     """Each frame from itself and the flow-warped previous output (needs a `train --video` model)."""
 
+    name = "flow-recurrent"
+    summary = "a net that sees the flow-warped previous output (needs a `train --video` model)"
     needs_flow = True
+    checkpoint_folder = "recurrent"  # shipped styles keep these nets in models/weights/recurrent/
 
-    def __init__(self, model_path: str | Path, *, device: str = "cpu", precision: str = "fp32", batch: int = 1,
-                 style_scale: float = 1.0):
-        # ``batch`` is accepted for a uniform interface; frames depend on each other, so it is 1.
-        self.run = NetRunner(model_path, device=device, precision=precision, batch=1, style_scale=style_scale)
+    def __init__(self, style_path: str | Path, run: RunSettings = RunSettings()):
+        # Frames depend on each other: one frame per call whatever the batch setting.
+        super().__init__(style_path, dataclasses.replace(run, batch=1))
         channels = self.run.card.get("architecture", {}).get("in_channels", 3)
         if channels != RECURRENT_CHANNELS:
-            style = self.run.card.get("name") or Path(model_path).stem
+            style = self.run.card.get("name") or Path(style_path).stem
             raise InputError(f"style {style} is a per-frame model; flow-recurrent needs a model trained "
                              "with `filmstyle train --video`")
-        self.model_hash = self.run.model_hash
-        from models.video_data import recurrent_input  # the input layout training used
-
-        self._input = recurrent_input
-
-    def params(self) -> dict:
-        return {"method": self.name, "model": self.model_hash, **self.run.params()}
 
     @torch.inference_mode()
     def _frame(self, frame: np.ndarray, prev_out: np.ndarray | None, pair) -> np.ndarray:
@@ -64,10 +62,10 @@ class FlowRecurrentStylizer:
             warped = _to_tensor(warp(prev_out.astype(np.float32), backward), 255.0)
             mask = _to_tensor(reliable, 1.0)
         run = self.run
-        x = self._input(x, warped, mask).to(run.device).contiguous(memory_format=torch.channels_last)
+        x = recurrent_input(x, warped, mask).to(run.device).contiguous(memory_format=torch.channels_last)
         y = run.apply(x)
         # Same rounding as NetRunner: this uint8 frame is both the output and the next frame's input.
-        y = y.float().mul_(255.0).add_(0.5).clamp_(0, 255).to(torch.uint8)
+        y = to_uint8(y)
         return y[0].permute(1, 2, 0).cpu().numpy()
 
     def stylize(self, frames, first_index, state=None, flow=None):

@@ -44,8 +44,11 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from .flow import in_frame, warp
-from .stylize import CarryState, NetRunner, register
+from pipeline.carry import CarryState
+from pipeline.flow import in_frame, warp
+
+from .base import Option, RunSettings, register, validate_options
+from .net import NetMethod
 
 MASKS = ("photometric", "consistency")
 #: Lai et al.'s falloff of the confidence with the squared colour distance (pixels in [0, 1]).
@@ -77,31 +80,35 @@ def keep_detail(blended: np.ndarray, fresh: np.ndarray, weight: np.ndarray, stre
     return base + (1.0 + (gain - 1.0) * (weight / strength)) * detail
 
 
-@register("flow-blend")
-class FlowBlendStylizer:
+@register
+class FlowBlend(NetMethod):
+    name = "flow-blend"
+    summary = "blend each frame's stylization with the previous output warped by optical flow"
     needs_flow = True
-    options = ("strength", "refine", "blend_mask", "keep_detail")
+    options = (
+        Option("strength", float, 0.6, "weight of the warped previous output, 0-1",
+               check=lambda v: 0.0 <= v < 1.0, rule="in [0, 1)"),
+        Option("refine", bool, False, "run the net again on the blended frame"),
+        Option("blend_mask", str, "photometric", "where to trust the warp: where the warped previous source "
+               "frame matches the current one (photometric), or the flow's occlusion mask", choices=MASKS),
+        Option("keep_detail", bool, True, "scale the blend's fine detail back to the fresh frame's"),
+    )
 
-    def __init__(self, model_path, *, device: str = "cpu", precision: str = "fp32", batch: int = 1,
-                 style_scale: float = 1.0, strength: float = 0.6, refine: bool = False, blend_mask: str = "photometric",
-                 keep_detail: bool = True):
-        if not 0.0 <= strength < 1.0:
-            raise ValueError(f"flow-blend strength must be in [0, 1), got {strength}")
-        if blend_mask not in MASKS:
-            raise ValueError(f"flow-blend mask must be one of {', '.join(MASKS)}, got {blend_mask!r}")
-        self.run = NetRunner(model_path, device=device, precision=precision, batch=batch, style_scale=style_scale)
-        self.model_hash = self.run.model_hash
-        self.strength, self.refine = float(strength), bool(refine)
-        self.blend_mask, self.keep_detail = blend_mask, bool(keep_detail)
+    def __init__(self, style_path, run: RunSettings = RunSettings(), *, strength: float = 0.6, refine: bool = False,
+                 blend_mask: str = "photometric", keep_detail: bool = True):
+        o = validate_options(self.name, {"strength": strength, "refine": refine, "blend_mask": blend_mask,
+                                         "keep_detail": keep_detail})
+        super().__init__(style_path, run)
+        self.strength, self.refine, self.blend_mask, self.keep_detail = (o["strength"], o["refine"], o["blend_mask"],
+                                                                         o["keep_detail"])
 
-    def params(self) -> dict:
-        return {"method": self.name, "model": self.model_hash, **self.run.params(),
-                "strength": self.strength, "refine": self.refine, "warp": "cubic", "blend_mask": self.blend_mask,
+    def option_params(self) -> dict:
+        return {"strength": self.strength, "refine": self.refine, "warp": "cubic", "blend_mask": self.blend_mask,
                 "keep_detail": self.keep_detail}
 
     def stylize(self, frames, first_index, state=None, flow=None):
         if flow is None:
-            raise ValueError("flow-blend needs optical flow")
+            raise ValueError("flow-blend needs optical flow (a FlowSource) for its frames")
         fresh = self.run(frames)  # independent of the previous output: one batched pass
         out = np.empty_like(fresh)
         prev = state.last_output if state is not None else None

@@ -1,0 +1,94 @@
+"""``filmstyle train``: the image phase (a per-frame net) or, with --video, the flow-recurrent phase."""
+from __future__ import annotations
+
+import sys
+
+from pipeline.errors import FilmstyleError
+
+from .args import EPILOG, add_device_option, positive_int
+
+
+def add_commands(sub) -> None:
+    p = sub.add_parser("train", help="train a style model", epilog=EPILOG,
+                       description="Train a feed-forward style model on a folder of content photos (image phase), "
+                                   "or with --video fine-tune it into a flow-recurrent model on frame pairs "
+                                   "(synthetic camera motion over the photos + real clips with DIS flow). "
+                                   "Resumes automatically from OUT.state.safetensors if present.")
+    p.add_argument("--style", metavar="IMAGE", help="style image (required for the image phase)")
+    p.add_argument("--data", action="append", metavar="DIR",
+                   help="folder of content images, repeat for several (required for the image phase)")
+    p.add_argument("--out", required=True, metavar="CKPT", help="output checkpoint (.safetensors)")
+    v = p.add_argument_group("video phase (flow-recurrent)")
+    v.add_argument("--video", action="store_true", help="train the flow-recurrent (7-channel) model")
+    v.add_argument("--init", metavar="CKPT", help="image-phase checkpoint to start from (required with --video)")
+    v.add_argument("--videos", action="append", metavar="DIR",
+                   help="folder of clips for real frame pairs (default: ../shared/data/videos when present)")
+    v.add_argument("--temporal-weight", type=float, default=None, help="output-level temporal loss weight")
+    p.add_argument("--size", default="full", help="network size: full or student")
+    p.add_argument("--norm", default=None, choices=["instance", "frn", "none"],
+                   help="normalization layers of the net (default: instance)")
+    p.add_argument("--steps", type=positive_int, default=None, help="training steps (default: 1600)")
+    p.add_argument("--batch-size", type=positive_int, default=None, help="default: 8")
+    p.add_argument("--image-size", type=positive_int, default=None, help="training crop size (default: 256)")
+    p.add_argument("--style-size", type=positive_int, default=None,
+                   help="long side of the style image: strokes come out at its pixel scale (default: 512)")
+    p.add_argument("--lr", type=float, default=None, help="Adam learning rate (default: 1e-3, video phase 2e-4)")
+    p.add_argument("--lr-warmup", type=int, default=None, metavar="STEPS",
+                   help="ramp the learning rate up over the first STEPS steps (image phase; default 200)")
+    p.add_argument("--grad-clip", type=float, default=None, metavar="NORM",
+                   help="clip the global gradient norm; 0: off (default: 100 image phase, off video phase)")
+    p.add_argument("--content-weight", type=float, default=None)
+    p.add_argument("--style-weight", type=float, default=None)
+    p.add_argument("--tv-weight", type=float, default=None)
+    p.add_argument("--tone-weight", type=float, default=None,
+                   help="keep the photo's light and dark (1 - correlation of blurred luminance; default 1)")
+    add_device_option(p, "training")
+    p.add_argument("--bf16", choices=["auto", "on", "off"], default="auto", help="bf16 autocast (default: auto)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--checkpoint-every", type=float, default=120.0, metavar="SECONDS")
+    p.add_argument("--checkpoint-every-steps", type=int, default=0, metavar="N")
+    p.add_argument("--vgg", default=None, metavar="PATH", help="torchvision VGG16/19 state dict to use as loss network")
+    p.add_argument("--restart", action="store_true", help="ignore an existing training state")
+    p.add_argument("-q", "--quiet", action="store_true")
+    p.set_defaults(func=cmd_train)
+
+
+def cmd_train(args) -> int:
+    from models.train import TrainConfig, train
+    from pipeline.device import resolve_device
+
+    if args.video:
+        return _train_video(args)
+    if not args.style or not args.data:
+        raise FilmstyleError("train needs --style IMAGE and --data DIR (or --video --init CKPT)")
+    cfg = TrainConfig(style=args.style, data=args.data, out=args.out, size=args.size,
+                      bf16={"auto": None, "on": True, "off": False}[args.bf16], seed=args.seed,
+                      checkpoint_every_s=args.checkpoint_every, checkpoint_every_steps=args.checkpoint_every_steps,
+                      vgg=args.vgg, device=resolve_device(args.device))
+    for name in ("norm", "steps", "batch_size", "image_size", "style_size", "lr", "content_weight", "style_weight",
+                 "tv_weight", "tone_weight", "grad_clip", "lr_warmup"):
+        if getattr(args, name) is not None:  # else the recipe's default (models/train.py)
+            setattr(cfg, name, getattr(args, name))
+    path = train(cfg, restart=args.restart, progress=not args.quiet, log=lambda m: print(m, file=sys.stderr))
+    print(f"wrote {path}")
+    return 0
+
+
+def _train_video(args) -> int:
+    from models.train_video import VideoTrainConfig, train_video
+    from pipeline.device import resolve_device
+
+    if not args.init:
+        raise FilmstyleError("train --video needs --init CKPT (an image-phase checkpoint)")
+    cfg = VideoTrainConfig(init=args.init, out=args.out, data=args.data, videos=args.videos, style=args.style,
+                           bf16={"auto": None, "on": True, "off": False}[args.bf16], seed=args.seed,
+                           checkpoint_every_s=args.checkpoint_every,
+                           checkpoint_every_steps=args.checkpoint_every_steps, vgg=args.vgg,
+                           device=resolve_device(args.device))
+    for name in ("steps", "batch_size", "image_size", "style_size", "lr", "content_weight", "style_weight",
+                 "tv_weight", "tone_weight", "temporal_weight", "grad_clip"):
+        if getattr(args, name) is not None:
+            setattr(cfg, name, getattr(args, name))
+    path = train_video(cfg, restart=args.restart, progress=not args.quiet, log=lambda m: print(m, file=sys.stderr))
+    print(f"wrote {path}")
+    return 0

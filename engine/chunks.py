@@ -1,0 +1,214 @@
+"""One chunk, the unit of stylize work: decode, stylize, upscale, encode, commit; and where commits live.
+
+* ``ChunkStore``: segments, carry states and done markers of one render in its work storage.
+* ``render_chunk``: decode -> method -> upscaler -> encoder for one chunk.
+* ``ChunkWorker``: loads the job's method once on this node and renders (and commits) chunks;
+  the in-process executor runs one, each Ray stylizer actor holds one per job.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import nullcontext
+from pathlib import Path
+
+import numpy as np
+
+from pipeline import media
+from pipeline.carry import CarryState
+from pipeline.flow import CachedFlowSource, FlowCache
+from pipeline.plan import Chunk, RenderPlan
+from pipeline.storage import LocalStorage, Storage, StorageError
+from pipeline.upscale import make_upscaler
+
+from .job import RenderJob, node_source, run_settings
+from .progress import StageTimer
+from .source import Source, node_file
+
+
+def chunk_flow_source(cache: FlowCache, backend, frames: np.ndarray, chunk: Chunk,
+                      state: CarryState | None) -> CachedFlowSource:
+    """Flow for the chunk's pairs from the cache; a missing or corrupt entry is recomputed from
+    the chunk's frames (and the previous chunk's last frame, carried in the state)."""
+    lookup = {chunk.start + i: f for i, f in enumerate(frames)}
+    if state is not None and state.last_source is not None:
+        lookup[chunk.start - 1] = state.last_source
+    return CachedFlowSource(cache, backend, lookup)
+
+
+def render_chunk(plan: RenderPlan, chunk: Chunk, source: Source, stylizer, state: CarryState | None,
+                 segment: Path, *, out_size: tuple[int, int], upscaler, crf: int, preset: str,
+                 timer: StageTimer, flow: tuple[FlowCache, object] | None = None, on_frames=None) -> CarryState:
+    """Decode, stylize, upscale and encode one chunk to ``segment``; return the carry-out state.
+
+    ``flow`` is (cache, backend) for methods that need optical flow.
+    """
+    with timer("decode"):
+        frames = np.stack(list(media.decode_frames(source.info, chunk.start, chunk.end, plan.working_size,
+                                                   chunk_hint=chunk.length)))
+    flow_source = chunk_flow_source(*flow, frames, chunk, state) if flow else None
+    with timer("stylize"):
+        out, state = stylizer.stylize(frames, chunk.start, state, flow=flow_source)
+    with timer("upscale"):
+        out = upscaler(out, out_size)
+    with timer("encode"):
+        with media.SegmentWriter(segment, plan.fps, out_size, crf=crf, preset=preset) as writer:
+            writer.write(out)
+    if on_frames:
+        on_frames(chunk.length)
+    return state
+
+
+class ChunkStore:
+    """Segments, carry states and done markers of one render, in a work storage (folder or s3://).
+
+    A chunk is committed once: segment, then state (each written atomically), then the marker.
+    A chunk counts as done only when its marker reads back and the segment has the size the
+    marker records, so a render killed at any point resumes without recomputing committed chunks.
+    """
+
+    def __init__(self, storage: Storage | str | os.PathLike):
+        self.storage = storage if isinstance(storage, Storage) else LocalStorage(os.fspath(storage))
+
+    @staticmethod
+    def segment_key(chunk: Chunk) -> str:
+        return f"segments/{chunk.id}.mp4"
+
+    @staticmethod
+    def state_key(chunk: Chunk) -> str:
+        return f"state/{chunk.id}.npz"
+
+    @staticmethod
+    def done_key(chunk: Chunk) -> str:
+        return f"state/{chunk.id}.done"
+
+    def segment(self, chunk: Chunk) -> Path:
+        """The segment's local path (local storage only)."""
+        path = self.storage.local_path(self.segment_key(chunk))
+        if path is None:
+            raise ValueError(f"{self.storage.uri} is not local")
+        return Path(path)
+
+    def segment_target(self, chunk: Chunk) -> Path | None:
+        """Where to encode the segment directly (local storage), or None (encode to a temp, upload)."""
+        path = self.storage.local_path(self.segment_key(chunk))
+        if path is not None:
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+            return Path(path)
+        return None
+
+    def marker(self, chunk: Chunk) -> dict | None:
+        try:
+            done = json.loads(self.storage.get(self.done_key(chunk)))
+        except (KeyError, ValueError):
+            return None
+        return done if isinstance(done, dict) else None
+
+    def is_done(self, chunk: Chunk) -> bool:
+        done = self.marker(chunk)
+        if done is None:
+            return False
+        try:
+            seg = self.storage.stat(self.segment_key(chunk))
+            self.storage.stat(self.state_key(chunk))
+        except KeyError:
+            return False
+        return seg.size == done.get("segment_bytes")
+
+    def commit(self, chunk: Chunk, segment: str | os.PathLike, state: CarryState, meta: dict | None = None) -> bool:
+        """Commit the chunk's result; False (and nothing written) when it was committed already."""
+        if self.is_done(chunk):
+            return False
+        segment = os.fspath(segment)
+        if self.storage.local_path(self.segment_key(chunk)) != os.path.abspath(segment):
+            self.storage.put_file(self.segment_key(chunk), segment)
+        data = state.to_bytes()
+        self.storage.put(self.state_key(chunk), data)
+        marker = {"chunk": chunk.id, "frames": chunk.length, "segment_bytes": os.path.getsize(segment),
+                  "state_sha256": hashlib.sha256(data).hexdigest(), **(meta or {})}
+        self.storage.put(self.done_key(chunk), json.dumps(marker).encode())
+        return True
+
+    def load_state(self, chunk: Chunk) -> CarryState:
+        try:
+            return CarryState.from_bytes(self.storage.get(self.state_key(chunk)))
+        except KeyError:
+            raise StorageError(f"{self.storage.uri}: carry state of {chunk.id} is missing") from None
+
+    def committed(self, chunks, threads: int = 8) -> set[str]:
+        """Ids of the committed chunks among ``chunks`` (one listing, then parallel checks)."""
+        listed = {k[len("state/"):-len(".done")] for k in self.storage.list("state/") if k.endswith(".done")}
+        todo = [c for c in chunks if c.id in listed]
+        if not todo:
+            return set()
+        with ThreadPoolExecutor(max(1, min(threads, len(todo)))) as pool:
+            ok = list(pool.map(self.is_done, todo))
+        return {c.id for c, good in zip(todo, ok) if good}
+
+    def fetch_segments(self, chunks, folder: str | os.PathLike) -> list[str]:
+        """Local paths of the chunks' segments (downloaded into ``folder`` when remote)."""
+        paths = []
+        for chunk in chunks:
+            key = self.segment_key(chunk)
+            local = self.storage.local_path(key)
+            if local is None:
+                local = os.path.join(folder, f"{chunk.id}.mp4")
+                try:
+                    self.storage.get_file(key, local)
+                except KeyError:
+                    raise StorageError(f"{self.storage.uri}: segment {key} is missing") from None
+            paths.append(local)
+        return paths
+
+
+def chunk_store(job: RenderJob) -> ChunkStore:
+    return ChunkStore(job.work())
+
+
+class ChunkWorker:
+    """Renders chunks of one job on this node: loads the model once, reads the source locally.
+
+    The in-process engine runs one; each Ray stylizer actor holds one per job.
+    """
+
+    def __init__(self, job: RenderJob, *, device: str | None = None, cache_dir: str | None = None):
+        from methods import make_method
+
+        self.job = job
+        cfg = job.cfg
+        self.source = node_source(job, cache_dir)
+        style = node_file(job.style_uri, job.style_hash, job.s3, cache_dir or cfg.cache_dir, known=job.style_path)
+        self.stylizer = make_method(cfg.method, style, run_settings(cfg, device), cfg.options,
+                                    module=job.method_module)
+        self.upscaler = make_upscaler(cfg.upscaler)
+        self.store = chunk_store(job)
+        self.flow = job.flow_cache() if job.needs_flow else None
+
+    def run(self, chunk: Chunk, state: CarryState | None = None, *, timer: StageTimer | None = None,
+            on_frames=None, meta: dict | None = None) -> tuple[CarryState | None, dict]:
+        """Render and commit ``chunk``; returns (carry-out state, info).
+
+        ``state`` is the previous chunk's carry-out; None for a chunk inside a shot loads it from
+        storage. A chunk that is committed already is not recomputed: (None, {"resumed": True}).
+        """
+        if self.store.is_done(chunk):
+            return None, {**(self.store.marker(chunk) or {}), "chunk": chunk.id, "resumed": True}
+        if state is None and not chunk.first_in_shot and self.job.chained:
+            state = self.store.load_state(self.job.previous(chunk))
+        timer = timer if timer is not None else StageTimer()
+        t0 = time.perf_counter()
+        target = self.store.segment_target(chunk)
+        with (nullcontext(None) if target else tempfile.TemporaryDirectory(prefix="filmstyle-seg-")) as tmp:
+            segment = target or Path(tmp) / f"{chunk.id}.mp4"
+            job = self.job
+            state = render_chunk(job.plan, chunk, self.source, self.stylizer, state, segment,
+                                 out_size=job.out_size, upscaler=self.upscaler, crf=job.cfg.crf,
+                                 preset=job.cfg.preset, timer=timer, flow=self.flow, on_frames=on_frames)
+            info = {"seconds": round(time.perf_counter() - t0, 3), **(meta or {})}
+            with timer("commit"):
+                self.store.commit(chunk, segment, state, info)
+        return state, {**info, "chunk": chunk.id, "resumed": False}

@@ -1,0 +1,224 @@
+"""What a stylization method is: its declared options and needs, the registry, the style lookup.
+
+A method is one module with one ``Method`` subclass decorated with ``@register``. It declares
+
+* ``options``: each an ``Option`` (name, type, default, help, choices or a check). The render
+  config, the CLI flags (``--name``; ``--no-name`` for a flag that is on by default), the
+  validation of values from the CLI, a Prefect deployment or job.json, and the report are all
+  derived from these declarations;
+* what it needs: ``needs_flow`` (the render computes or reads optical flow for it),
+  ``carries_state`` (chunks of a shot form a chain; False lets them run in parallel),
+  ``style_input`` (a ``checkpoint`` or a style ``image``), ``checkpoint_folder`` (shipped
+  styles keep this method's nets in ``models/weights/FOLDER/NAME.safetensors``).
+
+Every constructor takes the style's file, a ``RunSettings`` (device, precision, frames per call,
+stroke scale) and its validated options. Nothing here knows a particular method.
+"""
+from __future__ import annotations
+
+import importlib
+import os
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, ClassVar
+
+import numpy as np
+
+from pipeline.carry import CarryState, FlowSource
+from pipeline.errors import InputError
+
+_TRUE, _FALSE = {"true", "yes", "on", "1"}, {"false", "no", "off", "0"}
+
+
+@dataclass(frozen=True)
+class Option:
+    """One option of a method. ``check`` returns True for a good value; ``rule`` says what it wants."""
+
+    name: str
+    type: type
+    default: Any
+    help: str
+    choices: tuple = ()
+    check: Callable[[Any], bool] | None = None
+    rule: str = ""
+
+    @property
+    def flag(self) -> str:
+        dashed = self.name.replace("_", "-")
+        return f"--no-{dashed}" if self.type is bool and self.default else f"--{dashed}"
+
+    def parse(self, value: Any, method: str) -> Any:
+        """``value`` (from the CLI, JSON or Python) as this option's type, validated; else InputError."""
+        what = f"{method} option {self.name}"
+        try:
+            if self.type is bool:
+                if isinstance(value, str) and value.lower() in _TRUE | _FALSE:
+                    value = value.lower() in _TRUE
+                elif not isinstance(value, (bool, np.bool_)):
+                    raise ValueError
+                value = bool(value)
+            elif self.type in (int, float):
+                if isinstance(value, bool) or (self.type is int and isinstance(value, float)
+                                               and not value.is_integer()):
+                    raise ValueError
+                value = self.type(value)
+            else:
+                value = self.type(value)
+        except (TypeError, ValueError):
+            raise InputError(f"{what}: {value!r} is not a {self.type.__name__}") from None
+        if self.choices and value not in self.choices:
+            raise InputError(f"{what} must be one of {', '.join(map(str, self.choices))}, got {value!r}")
+        if self.check is not None and not self.check(value):
+            raise InputError(f"{what} must be {self.rule}, got {value!r}")
+        return value
+
+
+@dataclass(frozen=True)
+class RunSettings:
+    """How a method runs its nets; the same for every method."""
+
+    device: str = "cpu"
+    precision: str = "fp32"
+    batch: int = 1
+    style_scale: float = 1.0
+
+
+class Method(ABC):
+    name: ClassVar[str] = ""
+    summary: ClassVar[str] = ""  # one line for --help and the docs
+    options: ClassVar[tuple[Option, ...]] = ()
+    needs_flow: ClassVar[bool] = False
+    carries_state: ClassVar[bool] = True
+    style_input: ClassVar[str] = "checkpoint"  # or "image"
+    checkpoint_folder: ClassVar[str | None] = None
+
+    @abstractmethod
+    def __init__(self, style_path: str | Path, run: RunSettings, **options):
+        ...
+
+    @property
+    @abstractmethod
+    def card(self) -> dict:
+        """The model card of the net(s) it runs (reported with the render)."""
+
+    @abstractmethod
+    def params(self) -> dict:
+        """Everything that changes the output (method, model hash, options): keys the render's work."""
+
+    @abstractmethod
+    def stylize(self, frames: np.ndarray, first_index: int, state: CarryState | None,
+                flow: FlowSource | None = None) -> tuple[np.ndarray, CarryState]:
+        """Stylize a chunk of one shot; ``state`` is the previous chunk's carry-out (None at a cut)."""
+
+
+METHODS: dict[str, type[Method]] = {}
+
+
+def register(cls: type[Method]) -> type[Method]:
+    """Class decorator: make ``cls`` available as ``--method cls.name``.
+
+    An option name shared by two methods must mean the same thing (one CLI flag serves both).
+    """
+    if not cls.name:
+        raise TypeError(f"{cls.__qualname__} has no name")
+    for other in METHODS.values():
+        if other is cls or other.name == cls.name:
+            continue
+        for mine in cls.options:
+            theirs = next((o for o in other.options if o.name == mine.name), None)
+            if theirs is not None and (theirs.type, theirs.default, theirs.choices) != \
+                    (mine.type, mine.default, mine.choices):
+                raise TypeError(f"option {mine.name} of {cls.name} differs from {other.name}'s")
+    METHODS[cls.name] = cls
+    return cls
+
+
+def unregister(name: str) -> None:
+    METHODS.pop(name, None)
+
+
+def method_class(name: str, module: str | None = None) -> type[Method]:
+    """The registered method ``name``; ``module`` (where it was defined) is imported first when the
+    name is not registered in this process yet (a worker rendering a plug-in method)."""
+    why = ""
+    if name not in METHODS and module:
+        try:
+            importlib.import_module(module)
+        except ImportError as e:  # a plug-in must be installed (importable) on every node
+            why = f" (it is defined in {module}, which this node cannot import: {e})"
+    try:
+        return METHODS[name]
+    except KeyError:
+        raise InputError(f"unknown method {name!r}{why}; available: {', '.join(sorted(METHODS))}") from None
+
+
+def all_options() -> dict[str, Option]:
+    """Every registered method's options by name (one entry per shared name)."""
+    out: dict[str, Option] = {}
+    for cls in METHODS.values():
+        for o in cls.options:
+            out.setdefault(o.name, o)
+    return out
+
+
+def validate_options(method: str, options: dict | None, *, module: str | None = None) -> dict:
+    """The method's options with defaults filled in and every value checked; unknown names fail."""
+    cls = method_class(method, module)
+    given = dict(options or {})
+    own = {o.name: o for o in cls.options}
+    unknown = sorted(set(given) - set(own))
+    if unknown:
+        takes = ", ".join(own) or "none"
+        raise InputError(f"method {method} has no option {', '.join(unknown)} (it takes: {takes})")
+    return {name: (o.parse(given[name], method) if name in given else o.default) for name, o in own.items()}
+
+
+def make_method(name: str, style_path: str | Path, run: RunSettings | None = None, options: dict | None = None,
+                *, module: str | None = None) -> Method:
+    """Build method ``name`` for the style at ``style_path`` (see ``resolve_style``)."""
+    cls = method_class(name, module)
+    return cls(style_path, run or RunSettings(), **validate_options(name, options, module=module))
+
+
+def resolve_style(name_or_path: str, method: str = "per-frame", *, module: str | None = None) -> Path:
+    """What ``--style`` names, as the file ``method`` takes: a shipped style's net (its variant for
+    methods with their own nets), a checkpoint path, or for image methods a style image path."""
+    from models.checkpoint import shipped_styles, shipped_variant
+
+    cls = method_class(method, module)
+    if cls.style_input == "image":
+        p = Path(name_or_path)
+        if not p.is_file():
+            raise InputError(f"{name_or_path}: style image not found (method {method} takes a painting)")
+        return p
+    styles = shipped_styles()
+    if name_or_path in styles:
+        if cls.checkpoint_folder is None:
+            return styles[name_or_path]
+        variant = shipped_variant(name_or_path, cls.checkpoint_folder)
+        if variant is None:
+            have = [n for n in styles if shipped_variant(n, cls.checkpoint_folder)]
+            raise InputError(f"style {name_or_path!r} has no {method} model shipped"
+                             + (f" (styles with one: {', '.join(have)})" if have else "")
+                             + "; train one with 'filmstyle train --video --init "
+                             f"{styles[name_or_path]}' and pass its path")
+        return variant
+    p = Path(name_or_path)
+    if p.suffix or os.sep in name_or_path:
+        if not p.is_file():
+            raise InputError(f"{name_or_path}: style checkpoint not found")
+        return p
+    available = ", ".join(styles) or "none shipped yet"
+    raise InputError(f"unknown style {name_or_path!r}; available styles: {available} (or pass a .safetensors path)")
+
+
+def shipped_methods(style: str) -> dict[str, Path]:
+    """Method -> checkpoint for the methods with their own nets that shipped style ``style`` has."""
+    from models.checkpoint import shipped_variant
+
+    out = {}
+    for name, cls in sorted(METHODS.items()):
+        if cls.checkpoint_folder and (p := shipped_variant(style, cls.checkpoint_folder)):
+            out[name] = p
+    return out

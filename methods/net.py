@@ -1,0 +1,120 @@
+"""``NetRunner``: a loaded transform net and how to run it (device, precision, batch, stroke scale).
+
+Every method runs its nets through ``NetRunner.apply`` (tensors) or ``__call__`` (uint8 frames),
+so device placement, autocast and the stroke scale are written once. On CUDA the frames travel
+as uint8 (a quarter of the bytes of float) from pinned host memory with non-blocking copies.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from pipeline.errors import InputError
+
+from .base import Method, RunSettings
+
+_AUTOCAST = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def configure_threads(threads: int | None) -> int:
+    """Use every core (or the given count) for intra-op parallelism; returns the count set."""
+    if not threads:
+        threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    torch.set_num_threads(max(1, int(threads)))
+    return torch.get_num_threads()
+
+
+def _resize(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Area-like (antialiased) down, bicubic up: neither aliases strokes nor blurs them more than needed."""
+    if tuple(x.shape[-2:]) == tuple(size):
+        return x
+    down = size[0] * size[1] < x.shape[-2] * x.shape[-1]
+    return torch.nn.functional.interpolate(x.float(), size=size, mode="bilinear" if down else "bicubic",
+                                           antialias=down, align_corners=False)
+
+
+def to_uint8(y: torch.Tensor) -> torch.Tensor:
+    """[0, 1] float -> uint8 with round-half-up: every method's frames are quantised the same way."""
+    return y.float().mul_(255.0).add_(0.5).clamp_(0, 255).to(torch.uint8)
+
+
+class NetRunner:
+    """A loaded transform net and how to run it.
+
+    ``style_scale`` s: the net sees the frame at 1/s of the working size and its output is
+    resized back. A net paints strokes of a fixed size in pixels (the painting's, at the size
+    it trained on), so at s = 2 they cover twice the share of the frame; the frame size is kept.
+    """
+
+    def __init__(self, model_path: str | Path, run: RunSettings = RunSettings()):
+        from models.checkpoint import file_digest, load_style_model
+
+        if run.precision not in ("fp32", *_AUTOCAST):
+            raise InputError(f"unknown precision {run.precision!r} (fp32, bf16 or fp16)")
+        if run.precision == "fp16" and not run.device.startswith("cuda"):
+            raise InputError("fp16 runs on CUDA only; on a CPU use fp32 or bf16")
+        if not 0.25 <= float(run.style_scale) <= 8:
+            raise InputError(f"style scale must be between 0.25 and 8, not {run.style_scale}")
+        self.net, self.card = load_style_model(model_path, device=run.device)
+        self.model_hash = file_digest(model_path)
+        self.device, self.batch = run.device, max(1, int(run.batch))
+        self.precision, self.style_scale = run.precision, float(run.style_scale)
+        self.cuda = self.device.startswith("cuda")
+        self.net = self.net.to(memory_format=torch.channels_last)
+
+    def params(self) -> dict:
+        """What of the running changes the output (a scale of 1 is left out: keys from before it stay valid)."""
+        return {"precision": self.precision, **({"style_scale": self.style_scale} if self.style_scale != 1 else {})}
+
+    def to_device(self, host: torch.Tensor) -> torch.Tensor:
+        """A host tensor on the net's device (pinned and non-blocking on CUDA)."""
+        if not self.cuda:
+            return host
+        return host.pin_memory().to(self.device, non_blocking=True)
+
+    @torch.inference_mode()
+    def apply(self, x: torch.Tensor) -> torch.Tensor:
+        """(N, C, H, W) float in [0, 1] on the device -> (N, 3, H, W) stylized, at the stroke scale."""
+        size = tuple(x.shape[-2:])
+        if self.style_scale != 1:
+            x = _resize(x, (max(4, round(size[0] / self.style_scale)), max(4, round(size[1] / self.style_scale))))
+            x = x.contiguous(memory_format=torch.channels_last)
+        with torch.autocast(device_type=self.device.split(":")[0], dtype=_AUTOCAST.get(self.precision, torch.bfloat16),
+                            enabled=self.precision in _AUTOCAST):
+            y = self.net.stylize(x)
+        return _resize(y, size).clamp_(0, 1) if self.style_scale != 1 else y
+
+    @torch.inference_mode()
+    def __call__(self, frames: np.ndarray) -> np.ndarray:
+        """(N, H, W, 3) uint8 -> (N, H, W, 3) uint8, in batches of ``self.batch``."""
+        out = np.empty_like(frames)
+        for i in range(0, len(frames), self.batch):
+            x = self.to_device(torch.from_numpy(frames[i:i + self.batch]))
+            x = x.permute(0, 3, 1, 2).float().div_(255.0).contiguous(memory_format=torch.channels_last)
+            y = to_uint8(self.apply(x))
+            out[i:i + self.batch] = y.permute(0, 2, 3, 1).cpu().numpy()
+        return out
+
+
+class NetMethod(Method):
+    """A method that runs one style net: loads it, reports its card, keys the work by its hash.
+
+    Subclasses add what their options change to ``option_params``.
+    """
+
+    def __init__(self, style_path: str | Path, run: RunSettings = RunSettings()):
+        self.run = NetRunner(style_path, run)
+        self.model_hash = self.run.model_hash
+
+    @property
+    def card(self) -> dict:
+        return self.run.card
+
+    def option_params(self) -> dict:
+        return {}
+
+    def params(self) -> dict:
+        return {"method": self.name, "model": self.model_hash, **self.run.params(), **self.option_params()}
