@@ -28,6 +28,13 @@ def main(argv: list[str] | None = None) -> int:
     from pipeline.memtune import tune_malloc
 
     tune_malloc()
+    try:
+        from methods import load_plugins
+
+        load_plugins()  # before the parser: a plug-in's options are flags
+    except FilmstyleError as e:
+        print(f"filmstyle: error: {e}", file=sys.stderr)
+        return e.exit_code
     parser = build_parser()
     args = parser.parse_args(argv)
     try:

@@ -153,6 +153,26 @@ def method_class(name: str, module: str | None = None) -> type[Method]:
         raise InputError(f"unknown method {name!r}{why}; available: {', '.join(sorted(METHODS))}") from None
 
 
+PLUGIN_ENV = "FILMSTYLE_METHODS"
+PLUGIN_GROUP = "filmstyle.methods"
+
+
+def load_plugins() -> list[str]:
+    """Import the method plug-ins: the modules named in $FILMSTYLE_METHODS (comma-separated) and
+    the ``filmstyle.methods`` entry points of installed packages. Each registers its methods on
+    import. Returns the modules imported; one that fails to import is an InputError."""
+    from importlib.metadata import entry_points
+
+    names = [m.strip() for m in os.environ.get(PLUGIN_ENV, "").split(",") if m.strip()]
+    names += [ep.value.split(":")[0] for ep in entry_points(group=PLUGIN_GROUP)]
+    for name in names:
+        try:
+            importlib.import_module(name)
+        except ImportError as e:
+            raise InputError(f"method plug-in {name} cannot be imported: {e}") from None
+    return names
+
+
 def all_options() -> dict[str, Option]:
     """Every registered method's options by name (one entry per shared name)."""
     out: dict[str, Option] = {}

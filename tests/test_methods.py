@@ -86,6 +86,29 @@ def test_a_registered_method_is_a_render_method_with_flags_and_checked_options(t
     assert out.shape == src.shape and np.abs(out.astype(int) - src).mean() < 2.0  # x264 crf 0 in 4:2:0
 
 
+def test_the_cli_loads_a_plug_in_named_in_the_environment_and_renders_with_it(tmp_path, clip):
+    """A plug-in outside the tree: $FILMSTYLE_METHODS names its module; its flags and method appear."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "FILMSTYLE_METHODS": "identity_method",
+           "PYTHONPATH": os.pathsep.join([str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")])}
+    out = tmp_path / "plug.mp4"
+    proc = subprocess.run([sys.executable, "-m", "cli", "render", clip, "-o", str(out), "--method", "identity-test",
+                           "--gain", "0.5", "--engine", "local", "--width", "96", "--chunk-frames", "8",
+                           "--cache-dir", str(tmp_path / "cache"), "-q"], env=env, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(Path(f"{out}.report.json").read_text())
+    assert report["method"] == "identity-test" and report["options"] == {"gain": 0.5}
+    assert _frames(out).mean() < 0.6 * _frames(clip).mean()  # the gain reached the frames
+
+    env["FILMSTYLE_METHODS"] = "no_such_plugin"
+    proc = subprocess.run([sys.executable, "-m", "cli", "styles"], env=env, capture_output=True, text=True)
+    assert proc.returncode == 2 and "method plug-in no_such_plugin cannot be imported" in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
+
+
 @pytest.mark.slow
 @pytest.mark.usefixtures("prefect_harness", "ray_local")
 @pytest.mark.parametrize("method", ["per-frame", "flow-blend", "flow-recurrent", "identity-test"])
