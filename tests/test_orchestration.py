@@ -143,7 +143,9 @@ def test_render_flow_matches_the_local_engine(tmp_path, clip, styles, reference)
             time.sleep(0.2)
         assert {f"stylize-{i}" for i in plan_ids} <= names and {f"flow-{i}" for i in plan_ids} <= names
         arts = client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["filmstyle-render"])))
-        assert arts and "data:image/png;base64," in arts[-1].data and str(out) in arts[-1].data
+        # The server is shared by the whole suite: pick this render's artifact, not the latest one.
+        mine = [a for a in arts if str(out) in a.data]
+        assert len(mine) == 1 and "data:image/png;base64," in mine[0].data
 
 
 # ---------------------------------------------------------------- S3
