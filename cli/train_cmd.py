@@ -18,9 +18,11 @@ def add_commands(sub) -> None:
     p.add_argument("--data", action="append", metavar="DIR",
                    help="folder of content images, repeat for several (required for the image phase)")
     p.add_argument("--out", required=True, metavar="CKPT", help="output checkpoint (.safetensors)")
+    p.add_argument("--init", metavar="CKPT",
+                   help="per-frame checkpoint to start from: a warm start from a trained net of the same size and "
+                        "norm (e.g. models/weights/mosaic.safetensors); required with --video")
     v = p.add_argument_group("video phase (flow-recurrent)")
     v.add_argument("--video", action="store_true", help="train the flow-recurrent (7-channel) model")
-    v.add_argument("--init", metavar="CKPT", help="image-phase checkpoint to start from (required with --video)")
     v.add_argument("--videos", action="append", metavar="DIR",
                    help="folder of clips for real frame pairs (default: ../shared/data/videos when present)")
     v.add_argument("--temporal-weight", type=float, default=None, help="output-level temporal loss weight")
@@ -64,7 +66,7 @@ def cmd_train(args) -> int:
     cfg = TrainConfig(style=args.style, data=args.data, out=args.out, size=args.size,
                       bf16={"auto": None, "on": True, "off": False}[args.bf16], seed=args.seed,
                       checkpoint_every_s=args.checkpoint_every, checkpoint_every_steps=args.checkpoint_every_steps,
-                      vgg=args.vgg, device=resolve_device(args.device))
+                      vgg=args.vgg, device=resolve_device(args.device), init=args.init)
     for name in ("norm", "steps", "batch_size", "image_size", "style_size", "lr", "content_weight", "style_weight",
                  "tv_weight", "tone_weight", "grad_clip", "lr_warmup"):
         if getattr(args, name) is not None:  # else the recipe's default (models/train.py)

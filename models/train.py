@@ -22,7 +22,7 @@ from . import losses as L
 from .checkpoint import file_digest, save_style_model
 from .data import CropSampler, center_crop, data_folders, list_images, load_rgb, portable_config
 from .train_run import Run, autocast, bf16_supported, loss_setup, now_utc, prepare_output, run_card, sample_grid
-from .transformer import SIZES, TransformerNet, straight_through_clamp
+from .transformer import SIZES, TransformerConfig, TransformerNet, straight_through_clamp
 
 
 @dataclass
@@ -75,6 +75,9 @@ class TrainConfig:
     sample_every_s: float = 300.0
     vgg: str | None = None
     device: str = "cpu"
+    # A per-frame checkpoint to start from (a warm start): one well-trained net of the same size
+    # and norm, fine-tuned to the new painting, instead of random weights.
+    init: str | None = None
     fields_that_must_match: tuple = field(default=("style", "size", "norm", "image_size", "batch_size", "seed"),
                                          repr=False)
 
@@ -82,6 +85,18 @@ class TrainConfig:
         d = asdict(self)
         d.pop("fields_that_must_match")
         return d
+
+
+def warm_start(path: str | Path, config: TransformerConfig) -> TransformerNet:
+    """The net of checkpoint ``path`` in training mode; it must have the architecture asked for."""
+    from .checkpoint import load_style_model
+
+    net, _ = load_style_model(path)
+    if net.config != config:
+        have, want = net.config.to_dict(), config.to_dict()
+        diff = ", ".join(f"{k} {have[k]} (wanted {want[k]})" for k in want if have.get(k) != want[k])
+        raise InputError(f"{path}: cannot start from this net: {diff}; train with its --size and --norm")
+    return net.train()
 
 
 def train(cfg: TrainConfig, *, restart: bool = False, progress: bool = True, log=print) -> Path:
@@ -101,7 +116,10 @@ def train(cfg: TrainConfig, *, restart: bool = False, progress: bool = True, log
     use_bf16 = bf16_supported(device) if cfg.bf16 is None else cfg.bf16
     vgg, weights, target = loss_setup(style_img, cfg.vgg, device)
 
-    net = TransformerNet(replace(SIZES[cfg.size], norm=cfg.norm)).to(device)
+    net = TransformerNet(replace(SIZES[cfg.size], norm=cfg.norm))
+    if cfg.init:
+        net = warm_start(cfg.init, net.config)
+    net = net.to(device)
     if device.startswith("cuda"):  # cuDNN's fastest layout and algorithms for these convolutions
         torch.backends.cudnn.benchmark = True
         net, vgg = net.to(memory_format=torch.channels_last), vgg.to(memory_format=torch.channels_last)
@@ -112,6 +130,8 @@ def train(cfg: TrainConfig, *, restart: bool = False, progress: bool = True, log
     style_hash = file_digest(cfg.style)
     identity = {k: getattr(cfg, k) for k in cfg.fields_that_must_match}
     identity["style"] = style_hash
+    if cfg.init:  # a state from another start point must not be resumed
+        identity["init"] = file_digest(cfg.init)
     run = Run(out, net, opt, gen, identity, restart=restart, log=log,
               every_s=cfg.checkpoint_every_s, every_steps=cfg.checkpoint_every_steps,
               grad_clip=cfg.grad_clip, lr_warmup=cfg.lr_warmup)
@@ -152,6 +172,7 @@ def train(cfg: TrainConfig, *, restart: bool = False, progress: bool = True, log
         "method": "per-frame (Johnson et al. 2016 feed-forward, image phase)",
         "style_image": Path(cfg.style).name,
         "style_image_sha256_16": style_hash,
+        **({"init": {"name": Path(cfg.init).name, "sha256_16": file_digest(cfg.init)}} if cfg.init else {}),
         "training_data": {"folders": [f"{p.parent.name}/{p.name}" for p in data_folders(cfg.data)],
                           "images": len(files)},
         **run_card(run, use_bf16, weights, loss_weights),

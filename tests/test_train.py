@@ -8,6 +8,7 @@ import sys
 import time
 
 import pytest
+import torch
 from PIL import Image
 from safetensors.torch import load_file
 
@@ -52,6 +53,32 @@ def test_train_writes_usable_checkpoint(tmp_path, train_data):
     assert set(card["losses"]["final_ema"]) >= {"content", "style", "tv", "total"}
     assert (tmp_path / "mystyle.samples.png").is_file()
     assert out.stat().st_size < 700_000  # student (~275k parameters) in fp16
+
+
+def test_warm_start_begins_from_the_given_net_and_records_it(tmp_path, train_data):
+    photos, style = train_data
+    base = tmp_path / "base.safetensors"
+    _cli("train", "--style", style, "--data", photos, "--out", base, "--steps", 3, "--norm", "instance",
+         "--seed", 1, *TINY)
+    # At a zero learning rate the fine-tune's weights are the base net's: the warm start loaded them.
+    tuned = tmp_path / "tuned.safetensors"
+    _cli("train", "--style", style, "--data", photos, "--out", tuned, "--steps", 2, "--norm", "instance",
+         "--init", base, "--lr", 0, *TINY)
+    a, b = load_file(str(base)), load_file(str(tuned))
+    assert len(a) > 10 and a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    _, card = load_style_model(tuned)
+    assert card["init"]["name"] == "base.safetensors" and card["config"]["init"]
+    # A scratch run (seed 0) differs from the base (seed 1): without --init the fine-tune would too.
+    scratch = tmp_path / "scratch.safetensors"
+    _cli("train", "--style", style, "--data", photos, "--out", scratch, "--steps", 2, "--norm", "instance",
+         "--lr", 0, *TINY)
+    c = load_file(str(scratch))
+    assert not all(torch.equal(a[k], c[k]) for k in a)
+    # Another architecture cannot start it: one line, exit code 2, nothing written.
+    proc = _cli("train", "--style", style, "--data", photos, "--out", tmp_path / "x.safetensors", "--steps", 2,
+                "--norm", "none", "--init", base, *TINY, check=False)
+    assert proc.returncode == 2 and "norm instance (wanted none)" in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1 and not (tmp_path / "x.safetensors").exists()
 
 
 def test_resume_after_sigkill_is_exact(tmp_path, train_data):
