@@ -29,6 +29,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from cli.args import add_device_option  # noqa: E402
+
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data"
 TEST = DATA / "content" / "bsds500" / "test"
@@ -62,20 +64,21 @@ def cache_folder() -> Path:
 class Style:
     """A shipped (or given) net with what judging it needs: painting target, loss weights."""
 
-    def __init__(self, name: str, vgg):
+    def __init__(self, name: str, vgg, device: str = "cpu"):
         from models import losses as L
         from methods import resolve_style
         from models.checkpoint import load_style_model
         from models.data import load_rgb, to_tensor
         from models.train import TrainConfig
 
-        self.name = name
+        self.name, self.device = name, device
         self.net, self.card = load_style_model(resolve_style(name))
+        self.net = self.net.to(device)
         cfg = self.card.get("config", {})
         self.style_size = int(cfg.get("style_size") or TrainConfig.style_size)
         self.painting = DATA / "styles" / self.card["style_image"]
         with torch.no_grad():
-            self.target = L.StyleTarget(vgg(to_tensor(load_rgb(self.painting, self.style_size))[None]))
+            self.target = L.StyleTarget(vgg(to_tensor(load_rgb(self.painting, self.style_size))[None].to(device)))
         self.weights = {k: float(v) for k, v in self.card["losses"]["weights"].items()
                         if k in ("content", "style", "tv", "range", "tone")}
 
@@ -103,7 +106,7 @@ def mean_rows(rows: list[dict]) -> dict:
 def judge_net(style: Style, photos: list[Path], vgg) -> dict:
     rows = []
     for p in photos:
-        x = at_width(p, WIDTH)
+        x = at_width(p, WIDTH).to(style.device)
         rows.append(measure(vgg, style.target, x, style.stylize(x)))
     return mean_rows(rows)
 
@@ -117,11 +120,13 @@ def optimum_for(style: Style, photo: Path, vgg, cache, compute: bool = True) -> 
     key = optimum_key(file_digest(style.painting), style.style_size, file_digest(photo), OPTIMUM_SIDE,
                       style.weights, cfg)
     y = cache.get(key)
-    if y is None and compute:
+    if y is not None:
+        return y.to(style.device)
+    if compute:
         print(f"  optimum of {style.name} on {photo.name} (not cached: minutes on a CPU)", flush=True)
-        y, record = optimize(at_long_side(photo, OPTIMUM_SIDE), vgg, style.target, style.weights, cfg)
+        y, record = optimize(at_long_side(photo, OPTIMUM_SIDE).to(style.device), vgg, style.target, style.weights, cfg)
         record.pop("history")
-        cache.put(key, y, dict(record, loss_network=vgg.source, photo=photo.name, style=style.painting.name))
+        cache.put(key, y.cpu(), dict(record, loss_network=vgg.source, photo=photo.name, style=style.painting.name))
     return y
 
 
@@ -129,7 +134,7 @@ def judge_against_optimum(style: Style, photos: list[Path], vgg, cache, compute:
     """Net and optimum on the same photos at 256 px; None when an optimum is missing and not computed."""
     net_rows, opt_rows = [], []
     for p in photos:
-        x = at_long_side(p, OPTIMUM_SIDE)
+        x = at_long_side(p, OPTIMUM_SIDE).to(style.device)
         opt = optimum_for(style, p, vgg, cache, compute)
         if opt is None:
             return None
@@ -175,7 +180,7 @@ def contact_sheet(styles: list[Style], vgg, cache, out: Path, height: int = 180,
     from models.data import load_rgb
 
     def tile(t: torch.Tensor) -> Image.Image:
-        im = Image.fromarray((t[0].permute(1, 2, 0).numpy() * 255 + 0.5).astype(np.uint8))
+        im = Image.fromarray((t[0].permute(1, 2, 0).float().cpu().numpy() * 255 + 0.5).astype(np.uint8))
         return im.resize((max(1, round(im.width * height / im.height)), height), Image.LANCZOS)
 
     rows = []
@@ -183,7 +188,7 @@ def contact_sheet(styles: list[Style], vgg, cache, out: Path, height: int = 180,
         painting = Image.fromarray(load_rgb(s.painting, 800))
         tiles = [painting.resize((max(1, round(painting.width * height / painting.height)), height), Image.LANCZOS)]
         for name in SHEET_PHOTOS:
-            x = at_width(TEST / name, WIDTH)
+            x = at_width(TEST / name, WIDTH).to(s.device)
             opt = optimum_for(s, TEST / name, vgg, cache, compute)
             tiles += [tile(x), tile(s.stylize(x)), tile(opt if opt is not None else torch.full_like(x, 0.8))]
         rows.append(tiles)
@@ -242,6 +247,7 @@ def main() -> None:
     ap.add_argument("--scale-sheet", default=None, metavar="PNG",
                     help="also draw the --style-scale picture (docs/style_scale.png) with the first style")
     ap.add_argument("--json", default=None)
+    add_device_option(ap, "the nets, the loss network and the optimizer")
     args = ap.parse_args()
 
     from benchmarks.common import cpu_description
@@ -249,17 +255,19 @@ def main() -> None:
     from models.checkpoint import shipped_styles
     from models.optimize import OptimumCache
     from models.vgg import loss_network
+    from pipeline.device import resolve_device
     from pipeline.memtune import tune_malloc
 
     tune_malloc()
+    device = resolve_device(args.device)
     if not TEST.is_dir():
         sys.exit(f"skipped: {TEST} is absent")
     cache = OptimumCache(cache_folder())
     if args.import_optimum:
         print(f"imported {import_optimum(Path(args.import_optimum), cache)} optima into {cache.folder}")
     photos = sorted(TEST.glob("*.jpg"))[: args.limit]
-    vgg = loss_network(tuple(sorted(set(L.STYLE_LAYERS) | set(L.CONTENT_LAYERS))))
-    styles = [Style(n, vgg) for n in (args.styles or list(shipped_styles()))]
+    vgg = loss_network(tuple(sorted(set(L.STYLE_LAYERS) | set(L.CONTENT_LAYERS)))).to(device)
+    styles = [Style(n, vgg, device) for n in (args.styles or list(shipped_styles()))]
     results = {}
     for s in styles:
         row = judge_net(s, photos, vgg)
@@ -270,7 +278,7 @@ def main() -> None:
         print(f"{s.name}: {json.dumps(results[s.name])}", flush=True)
 
     print(f"\n{len(photos)} BSDS500 test photos at width {WIDTH}; optimum on {args.optimum_photos} at {OPTIMUM_SIDE} px; "
-          f"loss network: {vgg.source}; CPU: {cpu_description()}")
+          f"loss network: {vgg.source}; device: {device}; CPU: {cpu_description()}")
     print("| style | net | tone (min) | style loss photo -> net | reduction | content | "
           "optimum: style / content / tone | net at 256: style / content | style vs opt | content vs opt | targets met |")
     print("|---|---|---|---|---|---|---|---|---|---|---|")

@@ -25,6 +25,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.common import ROOT, shared_video  # noqa: E402
+from cli.args import add_device_option  # noqa: E402
 
 SINTEL = ROOT.parent / "shared" / "data" / "flow" / "sintel"
 
@@ -41,12 +42,13 @@ class _PairSource:
         return self.pairs[t]
 
 
-def sintel(methods: list[str], style: str, width: int) -> dict:
+def sintel(methods: list[str], style: str, width: int, device: str = "cpu") -> dict:
     import cv2
     from PIL import Image
 
     from engine.evaluate import style_losses
-    from methods import make_method, resolve_style
+    from methods import RunSettings, make_method, resolve_style
+    from pipeline.device import defaults_for
     from pipeline.flow import make_flow_backend
     from pipeline.metrics import read_flo, warping_error
 
@@ -64,18 +66,19 @@ def sintel(methods: list[str], style: str, width: int) -> dict:
         invalid = (np.asarray(Image.open(invalid_path).convert("L")) > 127) if invalid_path.exists() else False
         mask = (~occluded & ~invalid).astype(np.float32)
         for m in methods:
-            stylizer = make_method(m, resolve_style(style, m))
+            run = RunSettings(device=device, precision=defaults_for(device).precision)
+            stylizer = make_method(m, resolve_style(style, m), run)
             out, _ = stylizer.stylize(small, 0, None, flow=flow if stylizer.needs_flow else None)
             big = [cv2.resize(o, (w, h), interpolation=cv2.INTER_CUBIC) for o in out]
             # frames 2 and 3 (indices 1, 2): GT flow 2 -> 3, mask on frame 2's pixels
             results[m]["warping_error"].append(warping_error(big[1:3], [gt], [mask])["mean"])
-            s, c, _ = style_losses(out, small, style, samples=4)
+            s, c, _ = style_losses(out, small, style, samples=4, device=device)
             results[m]["style_loss"].append(s)
             results[m]["content_loss"].append(c)
     return {m: {k: float(np.mean(v)) for k, v in r.items()} for m, r in results.items()}
 
 
-def real_clip(methods: list[str], style: str, width: int, clip: Path, frames: int) -> dict:
+def real_clip(methods: list[str], style: str, width: int, clip: Path, frames: int, device: str = "cpu") -> dict:
     from benchmarks.common import trimmed_copy
     from engine.config import RenderConfig
     from engine.evaluate import evaluate
@@ -87,12 +90,12 @@ def real_clip(methods: list[str], style: str, width: int, clip: Path, frames: in
         src = trimmed_copy(clip, frames, tmp / "clip.mp4") if frames else clip
         for m in methods:
             cfg = RenderConfig(input=str(src), output=str(tmp / f"{m}.mp4"), style=style, method=m, width=width,
-                               cache_dir=str(tmp / "cache"), keep_work=False)
+                               cache_dir=str(tmp / "cache"), keep_work=False, device=device)
             report = render(cfg, progress=False, log=lambda msg: None)
             chunk_starts = report.__dict__.get("chunk_starts") or []
             shot_starts = report.__dict__.get("shot_starts") or [0]
             r = evaluate(str(tmp / f"{m}.mp4"), str(src), width=width, shot_starts=shot_starts,
-                         chunk_starts=chunk_starts, style=style, flow_cache=str(tmp / "judge"))
+                         chunk_starts=chunk_starts, style=style, flow_cache=str(tmp / "judge"), device=device)
             far = evaluate(str(tmp / f"{m}.mp4"), str(src), width=width, shot_starts=shot_starts,
                            flow_backend="farneback")
             results[m] = {"warping_error": r.warping_error, "warping_error_farneback": far.warping_error,
@@ -109,14 +112,20 @@ def main() -> None:
     ap.add_argument("--clip", default=None)
     ap.add_argument("--frames", type=int, default=0, help="use only the first N frames of the clip (0: all)")
     ap.add_argument("--json", default=None)
+    add_device_option(ap)
     args = ap.parse_args()
 
+    from pipeline.device import resolve_device
     from pipeline.memtune import tune_malloc
 
     tune_malloc()
+    device = resolve_device(args.device)
     clip = Path(args.clip) if args.clip else shared_video("imageio_cockatoo_yuv420.mp4")
-    out = {"sintel": sintel(args.methods, args.style, args.width),
-           "clip": real_clip(args.methods, args.style, args.width, clip, args.frames)}
+    out = {"sintel": sintel(args.methods, args.style, args.width, device),
+           "clip": real_clip(args.methods, args.style, args.width, clip, args.frames, device)}
+    from benchmarks.common import cpu_description
+
+    print(f"device: {device}; CPU: {cpu_description()}")
     for name, rows in out.items():
         base = rows.get("per-frame", {})
         print(f"\n{name} ({'ground-truth flow' if name == 'sintel' else clip.name + ', TV-L1 flow'})")
