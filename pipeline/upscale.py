@@ -3,7 +3,8 @@
 Stylization runs at a working width (style strokes keep their size and the net
 stays fast); frames are then resized to the delivery size. Each upscaler is a
 small class registered by name, so a learned super-resolution model lands as
-one more entry.
+one more entry: the factory hands every upscaler the device the render's nets run
+on and its options (weights, tile size...), which the resizers here do not need.
 """
 from __future__ import annotations
 
@@ -16,12 +17,14 @@ import numpy as np
 class Upscaler(Protocol):
     name: str
 
+    def __init__(self, *, device: str = "cpu", **options): ...
+
     def __call__(self, frames: np.ndarray, size: tuple[int, int]) -> np.ndarray:
         """(N, h, w, 3) uint8 -> (N, H, W, 3) uint8 with size = (W, H)."""
         ...
 
 
-UPSCALERS: dict[str, Callable[[], Upscaler]] = {}
+UPSCALERS: dict[str, Callable[..., Upscaler]] = {}
 
 
 def register(name: str):
@@ -34,6 +37,13 @@ def register(name: str):
 
 class _CV2Resize:
     interpolation = cv2.INTER_LINEAR
+
+    def __init__(self, *, device: str = "cpu", **options):
+        from .errors import InputError
+
+        if options:  # an OpenCV resize has nothing to set: a typo must not pass silently
+            raise InputError(f"upscaler {self.name} takes no options (got {', '.join(sorted(options))})")
+        self.device = device  # OpenCV resizes on the CPU whatever the nets run on
 
     def __call__(self, frames: np.ndarray, size: tuple[int, int]) -> np.ndarray:
         w, h = size
@@ -62,9 +72,10 @@ class Area(_CV2Resize):
     interpolation = cv2.INTER_AREA
 
 
-def make_upscaler(name: str) -> Upscaler:
+def make_upscaler(name: str, *, device: str = "cpu", **options) -> Upscaler:
+    """The upscaler ``name`` for frames coming off ``device``, with its ``options``."""
     from .errors import InputError
 
     if name not in UPSCALERS:
         raise InputError(f"unknown upscaler {name!r}; available: {', '.join(sorted(UPSCALERS))}")
-    return UPSCALERS[name]()
+    return UPSCALERS[name](device=device, **options)

@@ -133,3 +133,29 @@ def test_render_config_takes_method_options_at_the_top_level_and_rejects_unknown
     assert cfg.options == {"strength": 0.3}
     with pytest.raises(InputError, match="unknown render option"):
         RenderConfig.from_dict({"input": "a.mp4", "output": "b.mp4", "strenght": 0.3})
+
+
+def test_upscalers_are_built_for_the_render_device_with_their_options(tmp_path, clip, tiny_styles):
+    """A learned upscaler gets the device the nets run on and its options from the factory."""
+    from pipeline import upscale
+
+    seen = []
+
+    @upscale.register("recording-test")
+    class Recording(upscale.Lanczos):
+        def __init__(self, *, device="cpu", **options):
+            seen.append((device, options))
+            super().__init__(device=device)
+
+    try:
+        up = upscale.make_upscaler("recording-test", device="cuda:1", tile=256)
+        assert seen == [("cuda:1", {"tile": 256})] and up.name == "recording-test"
+        out = tmp_path / "o.mp4"
+        render(RenderConfig(input=clip, output=str(out), style=tiny_styles[0], upscaler="recording-test",
+                            out_width=128, device="cpu", cache_dir=str(tmp_path / "c"), **OPTS),
+               progress=False, log=None)
+        assert seen[-1] == ("cpu", {}) and media.probe(out).width == 128
+    finally:
+        upscale.UPSCALERS.pop("recording-test")
+    with pytest.raises(InputError, match="lanczos takes no options"):
+        upscale.make_upscaler("lanczos", tile=256)
