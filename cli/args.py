@@ -31,7 +31,9 @@ def add_shot_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--threshold", type=float, default=None,
                    help="detector threshold (default: the detector's own default)")
     g.add_argument("--min-shot-frames", type=positive_int, default=15, metavar="N",
-                   help="shortest allowed shot in frames (default: 15)")
+                   help="cuts closer than N frames are checked for false detections: a flash (the picture "
+                        "comes back) or a burst (a fade, a whip pan) is no cut; a short shot after a true "
+                        "cut stays a shot (default: 15)")
 
 
 def add_flow_options(p: argparse.ArgumentParser, d) -> None:

@@ -151,9 +151,47 @@ def test_bad_shot_lists_are_rejected(tmp_path):
         write_shots([Shot(0, 0, 5)], tmp_path / "shots.txt")
 
 
-def test_min_shot_length_is_enforced_at_both_ends():
-    assert cuts_of(shots_from_cuts([3, 50, 58, 95], 100, min_frames=10)) == [50]
+def test_min_shot_length_removes_false_detections_only():
+    # A cut near the start is a fade-in artefact; a short segment after a true cut is a shot,
+    # the last one included; cuts outside the film are ignored.
+    assert cuts_of(shots_from_cuts([3, 50, 58, 95], 100, min_frames=10)) == [50, 58, 95]
     assert shots_from_cuts([0, 100, 120], 100) == [Shot(0, 0, 100)]
+    # A flash: the picture before the short segment comes back after it; both cuts go.
+    flash = lambda i, j: (i, j) == (49, 52)  # noqa: E731
+    assert cuts_of(shots_from_cuts([50, 52, 80], 100, min_frames=10, same_picture=flash)) == [80]
+    # A burst (a fade crossing the threshold on consecutive frames): the first cut stays.
+    assert cuts_of(shots_from_cuts([40, 60, 61, 62, 63], 100, min_frames=10)) == [40, 60]
+    # A real short shot between two long ones keeps both its cuts.
+    assert cuts_of(shots_from_cuts([40, 48], 100, min_frames=15, same_picture=lambda i, j: False)) == [40, 48]
+
+
+def _clip(tmp_path, parts, name="clip.mp4"):
+    """Write shots given as (photo, frames, move) or a (frames, h, w, 3) array; return the path."""
+    size = (320, 180)
+    path = tmp_path / name
+    with media.SegmentWriter(path, Fraction(24), size, preset="ultrafast", crf=12) as w:
+        for part in parts:
+            w.write(part if isinstance(part, np.ndarray) else camera_move(part[0], part[1], size, part[2])[0])
+    return path
+
+
+def test_a_short_last_shot_after_a_true_cut_is_a_shot(tmp_path):
+    clip = _clip(tmp_path, [("rocket", 40, "pan"), ("coffee", 8, "zoom")])
+    assert cuts_of(detect_shots(clip)) == [40]  # the default minimum is 15 frames
+
+
+def test_a_short_shot_between_two_shots_keeps_both_cuts(tmp_path):
+    clip = _clip(tmp_path, [("rocket", 30, "pan"), ("coffee", 8, "zoom"), ("astronaut", 30, "rotate")])
+    assert cuts_of(detect_shots(clip)) == [30, 38]
+
+
+def test_a_flash_is_not_a_cut(tmp_path):
+    frames, _ = camera_move("rocket", 60, (320, 180), "pan", amount=0.1)
+    frames[30:32] = 255  # two white frames: a photographer's flash
+    clip = _clip(tmp_path, [frames])
+    assert cuts_of(detect_shots(clip)) == []
+    # With the minimum at 1 frame nothing is a false detection: the flash is its own shot.
+    assert cuts_of(detect_shots(clip, ShotParams(min_shot_frames=1))) == [30, 32]
 
 
 def test_params_validated():
