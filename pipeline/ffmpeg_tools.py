@@ -264,20 +264,29 @@ OUTPUT_FORMATS = {".mp4": "mp4", ".m4v": "mp4", ".mov": "mov", ".mkv": "matroska
 
 
 def assemble_cmd(listfile: str, out: str, info, fmt: str, fps: Fraction, frames: int,
-                 audio: bool, subtitles: bool) -> list[str]:
+                 audio: bool, subtitles: bool, lead: float = 0.0) -> list[str]:
     """Concat demuxer + stream copy for video; the source's audio/subtitles mapped beside it.
 
-    The source is read from the timestamp of its first video frame (absolute
-    -ss, so audio keeps its alignment with the picture) for as long as the
-    picture lasts (-t, so no audio tail outlasts it).
+    A render of the whole film keeps all of the source's audio: what plays before the first
+    frame (``lead``: seconds from the file's first timestamp to its first video frame), after
+    the last one, and where it starts late. ffmpeg starts each input at the file's first
+    timestamp; the source is shifted by ``-lead`` so that its first video frame falls on the
+    rendered first frame, and audio before it gets negative times, which the muxer turns into
+    a start offset of the picture (``avoid_negative_ts``), so every offset survives. A render
+    of part of the film takes the source from the timestamp of its first frame (absolute -ss)
+    for as long as the picture lasts (-t).
     """
     video_in = ffmpeg.input(listfile, format="concat", safe=0)
     streams, opts = [video_in["v:0"]], {"c:v": "copy", "format": fmt}
     if fmt in ("mp4", "mov"):
         opts.update(video_track_timescale=track_timescale(fps), movflags="+faststart")
     if info is not None and (audio and info.audio or subtitles and info.subtitles):
-        src = ffmpeg.input(info.path, seek_timestamp=1, ss=f"{info.start_time:.6f}",
-                           t=f"{float(Fraction(frames) / Fraction(fps)):.6f}")
+        if frames >= info.frame_count:
+            src = ffmpeg.input(info.path, itsoffset=f"{-lead:.6f}")
+            opts["avoid_negative_ts"] = "make_non_negative"
+        else:
+            src = ffmpeg.input(info.path, seek_timestamp=1, ss=f"{info.start_time:.6f}",
+                               t=f"{float(Fraction(frames) / Fraction(fps)):.6f}")
         for wanted, mapper in ((audio, audio_map), (subtitles, subtitle_map)):
             if wanted:
                 more, more_opts = mapper(info, fmt, src)
@@ -288,16 +297,24 @@ def assemble_cmd(listfile: str, out: str, info, fmt: str, fps: Fraction, frames:
 
 
 def mezzanine_cmd(info, out: str, rate: Fraction) -> list[str]:
-    """VFR source -> near-lossless CFR x264 in Matroska at ``rate``, audio and subtitles kept."""
+    """VFR source -> near-lossless CFR x264 video at ``rate`` (video only: ``-frames:v`` would end
+    the audio with the picture; ``mux_cmd`` adds the source's audio and subtitles after)."""
     src = ffmpeg.input(info.path)
-    a_streams, a_opts = audio_map(info, "matroska", src)
-    s_streams, s_opts = subtitle_map(info, "matroska", src)
     opts = {"c:v": "libx264", "crf": 10, "preset": "veryfast", "fps_mode": "cfr",
             "r": rational(rate), "format": "matroska", "map_metadata": 0,
             # CFR resampling may pad the tail: keep exactly the source's duration
-            "frames:v": max(2, round(info.duration * rate)), **a_opts, **s_opts}
-    return build_cmd(ffmpeg.output(src[str(info.video_index)], *a_streams, *s_streams,
-                                   out, **opts))
+            "frames:v": max(2, round(info.duration * rate))}
+    return build_cmd(ffmpeg.output(src[str(info.video_index)], out, **opts))
+
+
+def mux_cmd(video: str, info, out: str) -> list[str]:
+    """The video of ``video`` beside every audio and subtitle stream of the source ``info``, all
+    stream copies, in Matroska; both inputs start at their first timestamp, as they did."""
+    v, src = ffmpeg.input(video), ffmpeg.input(info.path)
+    a_streams, a_opts = audio_map(info, "matroska", src)
+    s_streams, s_opts = subtitle_map(info, "matroska", src)
+    return build_cmd(ffmpeg.output(v["v:0"], *a_streams, *s_streams, out, format="matroska", map_metadata=1,
+                                   **{"c:v": "copy", **a_opts, **s_opts}))
 
 
 def remux_cmd(info, out: str) -> list[str]:

@@ -234,7 +234,8 @@ def assemble(segments: list[str], out_path: str, *, source: VideoInfo | str | No
     tmp = _claim_temp(out)
     listfile = _write_concat_list(segments)
     try:
-        cmd = ft.assemble_cmd(listfile, str(tmp), info, fmt, fps, frames, audio, subtitles)
+        cmd = ft.assemble_cmd(listfile, str(tmp), info, fmt, fps, frames, audio, subtitles,
+                              lead=_video_lead(info) if info is not None else 0.0)
         proc = ft.run(cmd)
         if proc.returncode != 0:
             raise OutputError(f"{out}: assembling failed ({ft.last_error_line(proc.stderr)})")
@@ -242,6 +243,13 @@ def assemble(segments: list[str], out_path: str, *, source: VideoInfo | str | No
     finally:
         tmp.unlink(missing_ok=True)
         os.unlink(listfile)
+
+
+def _video_lead(info: VideoInfo) -> float:
+    """Seconds from the file's first timestamp (any stream) to its first video frame."""
+    with av.open(info.path) as c:
+        first = c.start_time / av.time_base if c.start_time is not None else info.start_time
+    return max(0.0, info.start_time - first)
 
 
 def _segment_frames(path: str) -> int:
@@ -276,25 +284,30 @@ def normalize_vfr(path, cache_dir) -> str:
     info = probe(path)
     if not info.is_vfr and info.seekable:
         return str(path)
-    kind = "cfr" if info.is_vfr else "remux"
+    kind = "cfr2" if info.is_vfr else "remux"  # cfr2: with the whole audio (cfr ended it with the picture)
     cache = Path(cache_dir)
     cache.mkdir(parents=True, exist_ok=True)
     out = cache / f"{content_hash(path)[:32]}.{kind}.mkv"
     if out.is_file():
         return str(out)
     tmp = _claim_temp(out)
-    if info.is_vfr:
-        cmd = ft.mezzanine_cmd(info, str(tmp), ft.tidy_rate(info.fps))
+    video = tmp.with_name(tmp.stem + ".video.mkv")
+    if not info.is_vfr:
+        cmds = [ft.remux_cmd(info, str(tmp))]
+    elif info.audio or info.subtitles:
+        cmds = [ft.mezzanine_cmd(info, str(video), ft.tidy_rate(info.fps)), ft.mux_cmd(str(video), info, str(tmp))]
     else:
-        cmd = ft.remux_cmd(info, str(tmp))
+        cmds = [ft.mezzanine_cmd(info, str(tmp), ft.tidy_rate(info.fps))]
     try:
-        proc = ft.run(cmd)
-        if proc.returncode != 0:
-            raise InputError(f"{path}: could not normalise to a seekable constant frame rate "
-                             f"file ({ft.last_error_line(proc.stderr)})")
+        for cmd in cmds:
+            proc = ft.run(cmd)
+            if proc.returncode != 0:
+                raise InputError(f"{path}: could not normalise to a seekable constant frame rate "
+                                 f"file ({ft.last_error_line(proc.stderr)})")
         os.replace(tmp, out)
     finally:
         tmp.unlink(missing_ok=True)
+        video.unlink(missing_ok=True)
     return str(out)
 
 

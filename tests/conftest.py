@@ -55,6 +55,13 @@ _RECIPES: dict[str, list[str]] = {
                 "-c:v", "libx264", "-preset", "ultrafast", "-g", "12", "-c:a", "aac"],
     "vfr.mp4": ["-i", "{dir}/vfr.mkv", "-map", "0", "-c", "copy"],
     # moov atom up front: a truncated copy still opens and its prefix decodes.
+    # Audio that starts 0.3 s after the picture (and ends 0.8 s after it).
+    "late_audio.mp4": ["-i", "{dir}/main.mp4", "-itsoffset", "0.3", "-i", "{dir}/main.mp4", "-map", "0:v",
+                       "-map", "1:a", "-c", "copy"],
+    # VFR picture of 2 s with 4 s of audio (a tone from 1 s): the mezzanine must keep it all.
+    "vfr_long_audio.mkv": ["-i", "{dir}/vfr.mkv", "-f", "lavfi",
+                           "-i", "aevalsrc=exprs='if(gte(t,1),0.5*sin(2*PI*440*t),0)':s=48000:d=4",
+                           "-map", "0:v", "-map", "1:a", "-c:v", "copy", "-c:a", "aac"],
     "faststart.mp4": ["-i", "{dir}/main.mp4", "-map", "0:v", "-c", "copy",
                       "-movflags", "+faststart"],
     "audio_only.m4a": ["-f", "lavfi", "-i", "sine=sample_rate=48000", "-t", "1", "-c:a", "aac"],
@@ -66,7 +73,8 @@ _RECIPES: dict[str, list[str]] = {
 }
 _DEPENDS = {"main.mp4": ["subs.srt"], "main.mkv": ["main.mp4"], "rotated.mp4": ["main.mp4"],
             "main.ts": ["main.mp4"], "cut.mp4": ["main.mp4"],
-            "faststart.mp4": ["main.mp4"], "vfr.mp4": ["vfr.mkv"]}
+            "faststart.mp4": ["main.mp4"], "vfr.mp4": ["vfr.mkv"], "late_audio.mp4": ["main.mp4"],
+            "vfr_long_audio.mkv": ["vfr.mkv"]}
 
 
 @pytest.fixture(scope="session")

@@ -296,13 +296,21 @@ def tone_onset(path) -> float:
     raise AssertionError(f"{path}: no tone")
 
 
-def assert_audio_follows_picture(path, source):
-    """Audio is where it was relative to the picture, and ends with it (one AAC frame)."""
-    assert tone_onset(path) == pytest.approx(tone_onset(source.path), abs=0.002)
+def audio_span(path) -> tuple[float, float]:
+    """(first, last) audible time of the first audio stream, in seconds from the first video frame."""
     with av.open(str(path)) as c:
-        audio = c.streams.audio[0]
-        end = float((audio.start_time + audio.duration) * audio.time_base)
-    assert abs(end - source.duration) < 0.022
+        video, audio = c.streams.video[0], c.streams.audio[0]
+        times = [(float(p.pts * audio.time_base), float((p.pts + (p.duration or 0)) * audio.time_base))
+                 for p in c.demux(audio) if p.pts is not None]
+        video_start = float(video.start_time * video.time_base)
+    return min(t for t, _ in times) - video_start, max(e for _, e in times) - video_start
+
+
+def assert_audio_follows_picture(path, source):
+    """All of the source's audio is there, where it was relative to the picture: the tone starts
+    at the same time (2 ms), and the audio starts and ends where it did (one AAC frame)."""
+    assert tone_onset(path) == pytest.approx(tone_onset(source.path), abs=0.002)
+    assert audio_span(path) == pytest.approx(audio_span(source.path), abs=0.022)
 
 
 def test_assemble_transport_stream_source_keeps_sync(media_clip, tmp_path):
@@ -314,6 +322,26 @@ def test_assemble_transport_stream_source_keeps_sync(media_clip, tmp_path):
     result = probe(out)
     assert result.frame_count == 60
     assert_audio_follows_picture(out, info)
+
+
+def test_assemble_keeps_audio_that_outlasts_the_picture_or_starts_late(media_clip, tmp_path):
+    for name, span in (("main.mp4", (0.0, 2.5)), ("late_audio.mp4", (0.3, 2.8))):
+        info = probe(media_clip(name))
+        (tmp_path / name).mkdir()
+        segments = render_segments(info, (160, 90), [0, 30, 60], tmp_path / name)
+        out = tmp_path / f"{name}.out.mp4"
+        assemble(segments, out, source=info, fps=info.fps)
+        assert probe(out).frame_count == 60
+        assert audio_span(out) == pytest.approx(span, abs=0.03), name  # the picture ends at 2.0 s
+        assert_audio_follows_picture(out, info)
+
+
+def test_a_vfr_mezzanine_keeps_the_whole_audio(media_clip, tmp_path):
+    src = media_clip("vfr_long_audio.mkv")
+    mezzanine = normalize_vfr(src, tmp_path)
+    assert probe(mezzanine).frame_count == probe(src).frame_count and not probe(mezzanine).is_vfr
+    assert audio_span(mezzanine)[1] == pytest.approx(4.0, abs=0.03)
+    assert_audio_follows_picture(mezzanine, probe(src))
 
 
 def test_assemble_to_matroska_copies_subtitles_as_srt(media_clip, tmp_path):
