@@ -13,6 +13,7 @@ def _add_render_options(p: argparse.ArgumentParser, *, method_default: str, meth
                         style_required: bool = False) -> None:
     from engine.config import DEFAULT_STYLE, RenderConfig
     from pipeline.device import PRECISIONS
+    import models.upscalers  # noqa: F401  (registers the learned upscalers)
     from pipeline.upscale import UPSCALERS
 
     d = RenderConfig("", "")

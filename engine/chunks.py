@@ -182,6 +182,8 @@ class ChunkWorker:
         cfg = job.cfg
         self.source = node_source(job, cache_dir)
         style = node_file(job.style_uri, job.style_hash, job.s3, cache_dir or cfg.cache_dir, known=job.style_path)
+        import models.upscalers  # noqa: F401  (registers the learned upscalers)
+
         settings = run_settings(cfg, device)
         self.stylizer = make_method(cfg.method, style, settings, cfg.options, module=job.method_module)
         self.upscaler = make_upscaler(cfg.upscaler, device=settings.device)
