@@ -161,6 +161,17 @@ def _share(store: Storage, key: str, path: str) -> None:
     store.put_file(key, path)
 
 
+def _check_upscale(name: str, working: tuple[int, int], out_size: tuple[int, int]) -> None:
+    import models.upscalers  # noqa: F401  (registers the learned upscalers)
+    from pipeline.upscale import UPSCALERS
+
+    if name not in UPSCALERS:
+        raise InputError(f"unknown upscaler {name!r}; available: {', '.join(sorted(UPSCALERS))}")
+    if getattr(UPSCALERS[name], "enlarges_only", False) and (out_size[0] < working[0] or out_size[1] < working[1]):
+        raise InputError(f"upscaler {name} enlarges: the delivery size {out_size[0]}x{out_size[1]} is smaller than "
+                         f"the working size {working[0]}x{working[1]} (lower --width, or use --upscaler area)")
+
+
 def plan_job(cfg: RenderConfig, source: Source, shots, *, style_path: str | os.PathLike | None,
              s3: S3Config | None = None, share_files: bool = False, method=None) -> RenderJob:
     """Plan the chunks, key the work, pick the storages, write job.json; return the job.
@@ -177,6 +188,7 @@ def plan_job(cfg: RenderConfig, source: Source, shots, *, style_path: str | os.P
     # Never run the net above the source's resolution: it costs time and adds nothing.
     working = media.working_size(info, min(cfg.width, info.display_size[0]))
     out_size = delivery_size(info, cfg.out_width)
+    _check_upscale(cfg.upscaler, working, out_size)
     plan = make_plan(source.hash, info.frame_count, info.fps, working, shots, max_chunk_frames=cfg.chunk_frames)
     style_uri = style_hash = None
     params, card, needs_flow, chained, module = {}, {}, True, True, None

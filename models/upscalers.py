@@ -128,6 +128,7 @@ class LearnedUpscaler:
     """Frames through the net (in tiles when ``tile``), then resized to the delivery size."""
 
     model = ""
+    enlarges_only = True  # a super-resolution net has nothing to add to a smaller delivery size
 
     def __init__(self, *, device: str = "cpu", tile: int | None = None, **options):
         if options:

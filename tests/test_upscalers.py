@@ -133,3 +133,23 @@ def test_learned_upscalers_scale_frames_and_tile_exactly():
     assert torch.allclose(whole, tiled, atol=1e-5)
     with pytest.raises(InputError, match="takes only 'tile'"):
         make_upscaler("realesr-animevideov3", strength=2)
+
+
+def test_a_render_delivers_through_a_learned_upscaler_and_refuses_to_shrink(tmp_path, demo_clip_factory,
+                                                                           tiny_styles):
+    import subprocess
+    import sys
+
+    from pipeline import media
+
+    clip = demo_clip_factory(("astronaut",), width=160, height=90, seconds_per_shot=0.5)
+    base = [sys.executable, "-m", "cli", "render", clip, "--style", tiny_styles[0], "--width", "96",
+            "--upscaler", "realesr-animevideov3", "--cache-dir", str(tmp_path / "c"), "-q"]
+    out = tmp_path / "up.mp4"
+    subprocess.run(base + ["-o", str(out), "--out-width", "320"], check=True, capture_output=True)
+    info = media.probe(out)
+    assert (info.width, info.height) == (320, 180) and info.frame_count == media.probe(clip).frame_count
+    small = tmp_path / "small.mp4"
+    proc = subprocess.run(base + ["-o", str(small), "--out-width", "64"], capture_output=True, text=True)
+    assert proc.returncode == 2 and "enlarges" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+    assert not small.exists()
