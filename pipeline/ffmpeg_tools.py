@@ -210,17 +210,33 @@ def decode_cmd(info, start: int, count: int, size: tuple[int, int]) -> list[str]
     elif start > 0:
         target = info.start_time + (start - 0.5) / float(info.fps)
         in_opts.update(seek_timestamp=1, ss=f"{target:.6f}")
-    dw, dh = info.display_size
-    shrink = size[0] <= dw and size[1] <= dh and tuple(size) != (dw, dh)
-    scale = (f"scale={size[0]}:{size[1]}"
-             f":flags={'area' if shrink else 'bicubic'}+accurate_rnd+full_chroma_int"
-             f":in_color_matrix={input_matrix(info.color_space, info.width, info.height)}"
-             f":in_range={input_range(info.color_range, info.pix_fmt)}:out_range=pc")
     out = ffmpeg.input(info.path, **in_opts).output(
         "pipe:", format="rawvideo", pix_fmt="rgb24", map=f"0:{info.video_index}",
-        vf=build_graph(select, scale, "format=rgb24"), fps_mode="passthrough",
+        vf=build_graph(select, _rgb_scale(info, size), "format=rgb24"), fps_mode="passthrough",
         **{"frames:v": count})
     return build_cmd(out)
+
+
+def decode_at_cmd(info, seconds: float, count: int, size: tuple[int, int]) -> list[str]:
+    """ffmpeg -> rawvideo rgb24 for ``count`` frames from ``seconds`` after the first frame: a seek
+    by timestamp (to the frame shown then, not an exact index on VFR or MPEG-TS input), so a look at
+    one moment of a long film decodes from one keyframe, never from the start."""
+    target = info.start_time + max(0.0, seconds)
+    out = ffmpeg.input(info.path, seek_timestamp=1, ss=f"{target:.6f}").output(
+        "pipe:", format="rawvideo", pix_fmt="rgb24", map=f"0:{info.video_index}",
+        vf=build_graph("", _rgb_scale(info, size), "format=rgb24"), fps_mode="passthrough",
+        **{"frames:v": count})
+    return build_cmd(out)
+
+
+def _rgb_scale(info, size: tuple[int, int]) -> str:
+    """Scale to ``size`` with the source's matrix and range, to full-range RGB."""
+    dw, dh = info.display_size
+    shrink = size[0] <= dw and size[1] <= dh and tuple(size) != (dw, dh)
+    return (f"scale={size[0]}:{size[1]}"
+            f":flags={'area' if shrink else 'bicubic'}+accurate_rnd+full_chroma_int"
+            f":in_color_matrix={input_matrix(info.color_space, info.width, info.height)}"
+            f":in_range={input_range(info.color_range, info.pix_fmt)}:out_range=pc")
 
 
 SEGMENT_FORMATS = {".mp4": "mp4", ".mov": "mov", ".m4v": "mp4", ".mkv": "matroska", ".ts": "mpegts"}

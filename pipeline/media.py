@@ -79,6 +79,23 @@ def decode_frames(info_or_path, start: int, end: int, size: tuple[int, int] | No
     return _read_frames(info.path, cmd, start, end, (int(w), int(h)), chunk_hint)
 
 
+def decode_at(info: VideoInfo, seconds: float, count: int, size: tuple[int, int] | None = None) -> np.ndarray:
+    """Up to ``count`` RGB frames from ``seconds`` after the first frame (a seek by time: see
+    ``ffmpeg_tools.decode_at_cmd``); fewer near the end of the film."""
+    w, h = size if size is not None else info.display_size
+    cmd = ft.decode_at_cmd(info, seconds, count, (int(w), int(h)))
+    try:
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    except OSError as e:
+        raise FilmstyleError(f"{cmd[0]}: cannot run ffmpeg ({e.strerror})") from None
+    out, err = proc.communicate()
+    n = len(out) // (int(w) * int(h) * 3)
+    if proc.returncode != 0 or n == 0:
+        raise InputError(f"{info.path}: no frame decoded at {seconds:.3f} s ({ft.last_error_line(err)})")
+    frames = np.frombuffer(out[: n * int(w) * int(h) * 3], np.uint8).reshape(n, int(h), int(w), 3)
+    return frames.copy()
+
+
 def _read_frames(path: str, cmd: list[str], start: int, end: int, size: tuple[int, int],
                  chunk_hint: int | None) -> Iterator[np.ndarray]:
     w, h = size

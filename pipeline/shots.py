@@ -122,8 +122,7 @@ def detect_shots(
                 return shots
             except InputError as e:  # a damaged cache entry only costs a re-detection
                 log.warning("shots: ignoring cache entry: %s", e)
-    cuts, total, pictures = _detect_cuts(path, params, frame_count, progress)
-    shots = shots_from_cuts(cuts, total, params.min_shot_frames, same_picture=pictures.same)
+    shots = _detect(path, params, frame_count, progress)
     if cache_file is not None:
         write_shots(shots, cache_file)
     return shots
@@ -154,29 +153,52 @@ class _Pictures:
         return 0.5 * float(np.abs(a - b).sum()) < _SAME_PICTURE
 
 
-def _detect_cuts(path: Path, params: ShotParams, frame_count: int | None,
-                 progress) -> tuple[list[int], int, _Pictures]:
-    """Run the detector over downscaled frames; return (cut frames, frames analysed, their pictures)."""
-    from scenedetect import FrameTimecode
+class CutScanner:
+    """Frames in, one at a time, through a PySceneDetect detector; shots out (``shots_from_cuts``)."""
 
+    def __init__(self, params: ShotParams, fps):
+        self.params, self.fps = params, fps
+        self.detector = DETECTORS[params.detector](params)
+        self.pictures = _Pictures()
+        self.cuts: list = []
+
+    def add(self, rgb: np.ndarray) -> None:
+        from scenedetect import FrameTimecode
+
+        n = len(self.pictures.hists)
+        self.pictures.add(rgb)
+        # Detectors expect OpenCV's BGR order (hue matters to the content score).
+        self.cuts += self.detector.process_frame(FrameTimecode(n, self.fps), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+
+    def shots(self) -> list[Shot]:
+        from scenedetect import FrameTimecode
+
+        total = len(self.pictures.hists)
+        cuts = self.cuts + self.detector.post_process(FrameTimecode(max(0, total - 1), self.fps))
+        return shots_from_cuts([tc.frame_num for tc in cuts], total, self.params.min_shot_frames,
+                               same_picture=self.pictures.same)
+
+
+def detect_size(display_size: tuple[int, int], params: ShotParams) -> tuple[int, int]:
+    """The size frames are analysed at (PySceneDetect's automatic downscale, or ``params.downscale``)."""
+    width, height = display_size
+    factor = params.downscale or max(1.0, max(width, height) / _DETECT_WIDTH)
+    return max(2, round(width / factor)), max(2, round(height / factor))
+
+
+def _detect(path: Path, params: ShotParams, frame_count: int | None, progress) -> list[Shot]:
+    """Run the detector over downscaled frames of the whole file."""
     info = media.probe(path)
     total = info.frame_count if frame_count is None else frame_count
-    width, height = info.display_size
-    factor = params.downscale or max(1.0, max(width, height) / _DETECT_WIDTH)
-    size = (max(2, round(width / factor)), max(2, round(height / factor)))
-    detector = DETECTORS[params.detector](params)
-    cuts: list = []
-    pictures = _Pictures()
-    for n, rgb in enumerate(media.decode_frames(info, 0, total, size, chunk_hint=_PROGRESS_EVERY)):
-        pictures.add(rgb)
-        # Detectors expect OpenCV's BGR order (hue matters to the content score).
-        cuts += detector.process_frame(FrameTimecode(n, info.fps), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+    scanner = CutScanner(params, info.fps)
+    for n, rgb in enumerate(media.decode_frames(info, 0, total, detect_size(info.display_size, params),
+                                                chunk_hint=_PROGRESS_EVERY)):
+        scanner.add(rgb)
         if progress is not None and (n + 1) % _PROGRESS_EVERY == 0:
             progress(_PROGRESS_EVERY)
-    cuts += detector.post_process(FrameTimecode(total - 1, info.fps))
     if progress is not None and total % _PROGRESS_EVERY:
         progress(total % _PROGRESS_EVERY)
-    return [tc.frame_num for tc in cuts], total, pictures
+    return scanner.shots()
 
 
 def shots_from_cuts(cuts: Iterable[int], frame_count: int, min_frames: int = 1,

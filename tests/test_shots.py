@@ -116,7 +116,7 @@ def test_cache_hit_skips_detection(demo_clip, tmp_path, monkeypatch):
     def no_detection(*args, **kwargs):
         raise AssertionError("detector ran although the result was cached")
 
-    monkeypatch.setattr(shots, "_detect_cuts", no_detection)
+    monkeypatch.setattr(shots, "_detect", no_detection)
     assert detect_shots(demo_clip, cache_dir=tmp_path) == first
     # Other params (or another source hash) are another entry.
     with pytest.raises(AssertionError, match="detector ran"):
