@@ -1,5 +1,5 @@
-"""``filmstyle shots``, ``probe``, ``eval``, ``upscalers`` and ``styles``: looking at videos, renders, upscalers
-and styles."""
+"""``filmstyle shots``, ``probe``, ``eval``, ``preview``, ``upscalers`` and ``styles``: looking at videos, renders,
+styles and upscalers."""
 from __future__ import annotations
 
 import json
@@ -47,6 +47,24 @@ def add_commands(sub) -> None:
     add_device_option(p, "the loss network's")
     p.set_defaults(func=cmd_eval)
 
+    p = sub.add_parser("preview", help="a contact sheet and a side-by-side clip of styles on a film, in a minute",
+                       epilog=EPILOG,
+                       description="Stylize N moments spread over the film with each style into PREFIX.png (source, "
+                                   "then one column per style), and a few seconds around a cut near the middle, "
+                                   "source | first style side by side, into PREFIX.mp4. Decodes only the frames it "
+                                   "shows: the film's length costs nothing.")
+    p.add_argument("input", metavar="IN")
+    p.add_argument("--style", action="append", required=True, metavar="NAME_OR_PATH",
+                   help="a style to show; repeat for several")
+    p.add_argument("-o", "--output", required=True, metavar="PREFIX", help="writes PREFIX.png and PREFIX.mp4")
+    p.add_argument("--frames", type=positive_int, default=8, metavar="N", help="moments on the sheet (default: 8)")
+    p.add_argument("--width", type=positive_int, default=480, metavar="W", help="sheet tile width (default: 480)")
+    p.add_argument("--clip-width", type=positive_int, default=320, metavar="W",
+                   help="width of each half of the clip (default: 320)")
+    p.add_argument("--clip-seconds", type=float, default=5.0, metavar="S", help="clip length; 0: no clip (default: 5)")
+    add_device_option(p)
+    p.set_defaults(func=cmd_preview)
+
     p = sub.add_parser("upscalers", help="list the upscalers; --fetch gets the learned ones' weights",
                        epilog=EPILOG,
                        description="List the upscalers (working -> delivery size). The learned ones (Real-ESRGAN) "
@@ -60,6 +78,15 @@ def add_commands(sub) -> None:
     p.add_argument("--json", action="store_true", help="print the full model cards as JSON")
     p.set_defaults(func=cmd_styles)
 
+
+
+def cmd_preview(args) -> int:
+    from engine.preview import preview
+    from pipeline.device import resolve_device
+
+    preview(args.input, args.style, args.output, moments=args.frames, width=args.width, clip_width=args.clip_width,
+            clip_seconds=args.clip_seconds, device=resolve_device(args.device))
+    return 0
 
 
 def cmd_upscalers(args) -> int:
