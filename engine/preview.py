@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline import media
+from pipeline.ffmpeg_tools import tidy_rate
 from pipeline.errors import InputError, OutputError
 
 CUT_WINDOW_S = 40.0  # seconds of film searched for a cut, centred on the middle
@@ -130,7 +131,8 @@ def preview(input_path: str, styles: list[str], prefix: str, *, moments: int = 8
         frames = media.decode_at(info, start, max(1, round(clip_seconds * float(info.fps))), csize)
         styled = _stylize(nets[0], frames)
         clip_path = str(out.with_name(out.name + ".mp4"))
-        with media.SegmentWriter(clip_path, info.fps, (2 * csize[0], csize[1]), crf=18, preset="veryfast") as w:
+        rate = tidy_rate(info.fps)  # a VFR film's average rate can be an odd fraction no encoder takes
+        with media.SegmentWriter(clip_path, rate, (2 * csize[0], csize[1]), crf=18, preset="veryfast") as w:
             w.write(np.concatenate([frames, styled], axis=2))
         stages["clip"] = time.perf_counter() - t
     result = PreviewResult(sheet=str(sheet), clip=clip_path, moments_s=times, cut_s=cut,
@@ -139,5 +141,5 @@ def preview(input_path: str, styles: list[str], prefix: str, *, moments: int = 8
         where = f"around the cut at {cut:.2f} s" if cut is not None else "from the middle (no cut found there)"
         log(f"wrote {sheet} ({moments} moments x {len(styles)} style(s))"
             + (f" and {clip_path} ({clip_seconds:g} s side by side {where})" if clip_path else "")
-            + f" in {result.seconds:.1f} s")
+            + f" in {result.seconds:.1f} s ({', '.join(f'{k} {v:.1f} s' for k, v in result.stages.items())})")
     return result
