@@ -353,9 +353,9 @@ def tidy_rate(avg: Fraction) -> Fraction:
     Matroska stores 1 ms timestamps and frame durations in ns, so an odd
     rational like 3840000/239239 would not survive the round trip exactly.
     """
-    for rate in COMMON_RATES:
-        if abs(Fraction(avg) / rate - 1) < Fraction(2, 1000):
-            return rate
+    near = [r for r in COMMON_RATES if abs(Fraction(avg) / r - 1) < Fraction(2, 1000)]
+    if near:  # the closest: 24 and 24000/1001 are both within 0.2 % of 24
+        return min(near, key=lambda r: abs(Fraction(avg) - r))
     return Fraction(round(Fraction(avg) * 1000), 1000)
 
 

@@ -562,3 +562,10 @@ def test_real_truncated_file(shared_video, tmp_path):
     half.write_bytes(data[: len(data) // 2])
     with pytest.raises(InputError, match="bbb_half.mp4"):
         probe(half)
+
+
+def test_tidy_rate_picks_the_closest_common_rate():
+    from pipeline.ffmpeg_tools import tidy_rate
+
+    assert tidy_rate(Fraction(24)) == 24 and tidy_rate(Fraction(24000, 1001)) == Fraction(24000, 1001)
+    assert tidy_rate(Fraction(2997, 100)) == Fraction(30000, 1001) and tidy_rate(Fraction(12345, 1000)) == Fraction(12345, 1000)
