@@ -25,7 +25,13 @@ def add_commands(sub) -> None:
     v.add_argument("--video", action="store_true", help="train the flow-recurrent (7-channel) model")
     v.add_argument("--videos", action="append", metavar="DIR",
                    help="folder of clips for real frame pairs (default: ../shared/data/videos when present)")
+    v.add_argument("--temporal", choices=["recurrent", "reconet"], default="recurrent",
+                   help="recurrent: a flow-recurrent net (method flow-recurrent, flow at render time); reconet: "
+                        "ReCoNet two-frame training of a one-frame net (method stable, no flow at render time)")
     v.add_argument("--temporal-weight", type=float, default=None, help="output-level temporal loss weight")
+    v.add_argument("--temporal-feature-weight", type=float, default=None,
+                   help="feature-level temporal loss weight (default: off for recurrent, the output weight for "
+                        "reconet)")
     p.add_argument("--size", default="full", help="network size: full or student")
     p.add_argument("--norm", default=None, choices=["instance", "frn", "none"],
                    help="normalization layers of the net (default: instance)")
@@ -86,9 +92,9 @@ def _train_video(args) -> int:
                            bf16={"auto": None, "on": True, "off": False}[args.bf16], seed=args.seed,
                            checkpoint_every_s=args.checkpoint_every,
                            checkpoint_every_steps=args.checkpoint_every_steps, vgg=args.vgg,
-                           device=resolve_device(args.device))
+                           device=resolve_device(args.device), temporal=args.temporal)
     for name in ("steps", "batch_size", "image_size", "style_size", "lr", "content_weight", "style_weight",
-                 "tv_weight", "tone_weight", "temporal_weight", "grad_clip"):
+                 "tv_weight", "tone_weight", "temporal_weight", "temporal_feature_weight", "grad_clip"):
         if getattr(args, name) is not None:
             setattr(cfg, name, getattr(args, name))
     path = train_video(cfg, restart=args.restart, progress=not args.quiet, log=lambda m: print(m, file=sys.stderr))

@@ -1,8 +1,12 @@
-"""The video phase: fine-tuning a per-frame model into a flow-recurrent one (Ruder et al. fast variant).
+"""The video phase: fine-tuning a per-frame model on frame pairs, two ways.
 
-The net's 7-channel input is models/recurrent.py; its training pairs are models/video_data.py;
-the loop's bookkeeping (resume, checkpoints, guards) is models/train_run.py's, as in the image
-phase (models/train.py).
+- ``recurrent`` (Ruder et al. fast variant): a flow-recurrent net, which takes the warped previous
+  output at inference (7-channel input: models/recurrent.py).
+- ``reconet`` (Gao et al. 2018, two-frame synergic training): a net that takes one frame and no
+  flow at inference (the ``stable`` method), made stable by the temporal losses in training only.
+
+The training pairs are models/video_data.py's; the loop's bookkeeping (resume, checkpoints,
+guards) is models/train_run.py's, as in the image phase (models/train.py).
 """
 from __future__ import annotations
 
@@ -30,12 +34,14 @@ from .video_data import DEFAULT_VIDEOS, ClipPairs, PairSampler, list_videos
 #: per-frame): weight 2e3 -> 0.03x / +203% (a near-still image), 200 -> 0.15x / +62%,
 #: 50 -> 0.28x / +2%. Targets: at most 0.5x and +15%.
 DEFAULT_TEMPORAL_WEIGHT = 50.0
+TEMPORAL_MODES = ("recurrent", "reconet")
 
 
 @dataclass
 class VideoTrainConfig:
     init: str  # image-phase checkpoint (3 channels), or a flow-recurrent one to continue from
     out: str
+    temporal: str = "recurrent"  # or "reconet": a one-frame net (method ``stable``), see the module docstring
     data: tuple[str, ...] | list[str] | str | None = None  # content photos; None: the init card's folders
     videos: tuple[str, ...] | list[str] | str | None = None  # clip folders; None: ../shared/data/videos if present
     style: str | None = None  # None: the style image named in the init card
@@ -46,7 +52,9 @@ class VideoTrainConfig:
     lr: float = 2e-4  # fine-tuning: below the image phase's 1e-3
     grad_clip: float = 0.0
     temporal_weight: float = DEFAULT_TEMPORAL_WEIGHT  # output-level (ReCoNet, luminance-compensated)
-    temporal_feature_weight: float = 0.0  # feature-level on encoder outputs (ReCoNet); off by default
+    # Feature-level on encoder outputs (ReCoNet). None: off for recurrent, on for reconet, where it is
+    # relative (divided by the features' energy, as every other loss here) so its weight is unit-free.
+    temporal_feature_weight: float | None = None
     first_frame_fraction: float = 0.25  # samples trained as shot starts (zeros in the extra channels)
     mix: tuple[float, float] = (3, 1)  # synthetic : real-clip pairs
     pairs_per_clip: int = 16  # real pairs cached in memory per clip
@@ -99,24 +107,28 @@ def _quantize(img: torch.Tensor) -> torch.Tensor:
     return torch.floor(img.float().clamp(0, 1) * 255.0 + 0.5) / 255.0
 
 
-def train_video(cfg: VideoTrainConfig, *, restart: bool = False, progress: bool = True, log=print) -> Path:
-    """Fine-tune a per-frame model into a flow-recurrent one (Ruder et al. fast variant). Returns the checkpoint.
+def _load_init(cfg: VideoTrainConfig):
+    from .checkpoint import load_style_model
 
-    Each step: O_{t-1} = net([I_{t-1}, 0, 0]) (shot-start mode, no gradient,
-    rounded to uint8 levels as at render time), then
-    O_t = net([I_t, M * W(O_{t-1}), M]) with W the backward warp and M frame
-    t's reliability; losses on O_t: content + style (+ TV, range) as in the
-    image phase, plus ReCoNet's luminance-compensated output temporal loss
-    (and optionally the feature-level one). A fraction of the samples runs
-    O_t in shot-start mode (M = 0) so the net keeps working at cuts.
-    """
+    if cfg.temporal == "recurrent":
+        return load_recurrent_init(cfg.init)
+    net, card = load_style_model(cfg.init)
+    if net.config.in_channels != 3:
+        raise InputError(f"{cfg.init}: a {net.config.in_channels}-channel model cannot initialise a one-frame "
+                         "(reconet) net; start from a per-frame checkpoint")
+    return net.train(), card
+
+
+def train_video(cfg: VideoTrainConfig, *, restart: bool = False, progress: bool = True, log=print) -> Path:
+    """Fine-tune a per-frame model on frame pairs (``cfg.temporal``: see the module). Returns the checkpoint."""
     from tqdm import tqdm
 
-    from pipeline.flow import warp_torch
     from pipeline.memtune import tune_malloc
 
+    if cfg.temporal not in TEMPORAL_MODES:
+        raise InputError(f"unknown temporal training {cfg.temporal!r}; choose {' or '.join(TEMPORAL_MODES)}")
     tune_malloc()
-    net, init_card = load_recurrent_init(cfg.init)
+    net, init_card = _load_init(cfg)
     init_hash = file_digest(cfg.init)
     data = _card_setting(cfg.data, init_card, "config", "data", what="content data folders")
     if cfg.data is None:  # the card's folders are relative to ../shared/data/content
@@ -134,7 +146,8 @@ def train_video(cfg: VideoTrainConfig, *, restart: bool = False, progress: bool 
     loss_weights["tone"] = cfg.tone_weight if cfg.tone_weight is not None else \
         init_card.get("losses", {}).get("weights", {}).get("tone", 0.0)
     loss_weights["temporal"] = cfg.temporal_weight
-    loss_weights["temporal_feature"] = cfg.temporal_feature_weight
+    loss_weights["temporal_feature"] = (cfg.temporal_feature_weight if cfg.temporal_feature_weight is not None
+                                        else cfg.temporal_weight if cfg.temporal == "reconet" else 0.0)
     if not 0.0 <= cfg.first_frame_fraction <= 1.0:
         raise InputError(f"first_frame_fraction must be in [0, 1], not {cfg.first_frame_fraction}")
     out = prepare_output(cfg.out)
@@ -161,7 +174,7 @@ def train_video(cfg: VideoTrainConfig, *, restart: bool = False, progress: bool 
     identity = {"init": init_hash, "style": style_hash, "image_size": cfg.image_size,
                 "batch_size": cfg.batch_size, "seed": cfg.seed, "mix": list(cfg.mix),
                 "first_frame_fraction": cfg.first_frame_fraction,
-                "videos": [p.name for p in videos], "pairs_per_clip": cfg.pairs_per_clip}
+                "videos": [p.name for p in videos], "pairs_per_clip": cfg.pairs_per_clip, "temporal": cfg.temporal}
     run = Run(out, net, opt, gen, identity, restart=restart, log=log,
               every_s=cfg.checkpoint_every_s, every_steps=cfg.checkpoint_every_steps,
               grad_clip=cfg.grad_clip)
@@ -169,32 +182,11 @@ def train_video(cfg: VideoTrainConfig, *, restart: bool = False, progress: bool 
 
     bar = tqdm(total=cfg.steps, initial=run.step, disable=not progress,
                desc=f"train --video {Path(style_path).stem}", dynamic_ncols=True)
+    step = _recurrent_step if cfg.temporal == "recurrent" else _reconet_step
     net.train()
     while run.step < cfg.steps and not run.out_of_time(cfg.max_seconds):
         b = sampler.sample(cfg.batch_size).to(device)
-        zeros = torch.zeros_like(b.mask)
-        with torch.no_grad(), autocast(device, use_bf16):
-            x_prev = recurrent_input(b.prev, torch.zeros_like(b.prev), zeros)
-            f_prev = net.encode(x_prev)
-            out_prev = _quantize(net.decode(f_prev, x_prev))
-        warped_prev = warp_torch(out_prev, b.backward)
-        # Shot-start samples see zeros in the extra channels and get no temporal loss.
-        recurrent = (torch.rand(b.mask.shape[0], generator=gen) >= cfg.first_frame_fraction)
-        mask = b.mask * recurrent.to(b.mask).view(-1, 1, 1, 1)
-        with autocast(device, use_bf16):
-            x_cur = recurrent_input(b.cur, warped_prev, mask)
-            f_cur = net.encode(x_cur)
-            raw = net.decode(f_cur, x_cur)
-            y = straight_through_clamp(raw)
-            feats_y = vgg(y)
-            with torch.no_grad():
-                feats_x = vgg(b.cur)
-        terms = L.perceptual_terms(feats_y, feats_x, target, y, raw, b.cur)
-        terms["temporal"] = L.temporal_output_loss(y.float(), warped_prev, b.cur,
-                                                   warp_torch(b.prev, b.backward), mask)
-        if cfg.temporal_feature_weight:
-            flow = _resize_flow(b.backward, tuple(f_cur.shape[-2:]))
-            terms["temporal_feature"] = L.temporal_feature_loss(f_cur, warp_torch(f_prev.float(), flow), mask)
+        terms, raw = step(net, vgg, target, b, cfg, gen, device, use_bf16, loss_weights)
         run.update(terms, L.weighted_total(terms, loss_weights), bar, output=raw)
     bar.close()
     run.checkpoint()
@@ -203,10 +195,7 @@ def train_video(cfg: VideoTrainConfig, *, restart: bool = False, progress: bool 
     card = {
         "name": out.stem,
         "kind": "style-transfer",
-        "method": "flow-recurrent",
-        "method_detail": ("Ruder et al. fast variant: 7-channel input [frame, mask * warped previous output, "
-                          "mask], fine-tuned from a per-frame model; ReCoNet output temporal loss with the "
-                          "luminance constraint"),
+        **METHOD_CARDS[cfg.temporal],
         "init_checkpoint": Path(cfg.init).name,
         "init_checkpoint_sha256_16": init_hash,
         "style_image": Path(style_path).name,
@@ -221,12 +210,85 @@ def train_video(cfg: VideoTrainConfig, *, restart: bool = False, progress: bool 
                                 "+ pasted moving patch; exact flow",
             "video_flow": f"DIS {cfg.flow_preset} + reliability mask",
         },
-        "first_frame_fraction": cfg.first_frame_fraction,
+        **({"first_frame_fraction": cfg.first_frame_fraction} if cfg.temporal == "recurrent" else {}),
         **run_card(run, use_bf16, weights, loss_weights, temporal_normalization=(
             "output: squared error summed over RGB, mean over pixels and batch (pixels in [0, 1]); "
-            "feature: mean over C*H*W and batch")),
+            "feature: mean over C*H*W and batch" + (", divided by the features' mean energy"
+                                                    if cfg.temporal == "reconet" else ""))),
         # Resolved settings, so this checkpoint can itself be the init of a further run.
         "config": portable_config(dict(cfg.card_fields(), data=data, style=style_path, style_size=style_size)),
         "trained_at": now_utc(),
     }
     return save_style_model(out, net, card)
+
+
+METHOD_CARDS = {
+    "recurrent": {"method": "flow-recurrent",
+                  "method_detail": ("Ruder et al. fast variant: 7-channel input [frame, mask * warped previous "
+                                    "output, mask], fine-tuned from a per-frame model; ReCoNet output temporal "
+                                    "loss with the luminance constraint")},
+    "reconet": {"method": "stable",
+                "method_detail": ("ReCoNet (Gao et al. 2018) two-frame synergic training, fine-tuned from a "
+                                  "per-frame model: both frames through the net, perceptual losses on each, the "
+                                  "output temporal loss with the luminance constraint and the feature temporal "
+                                  "loss on the encoder output; one frame in, no flow at inference")},
+}
+
+
+def _recurrent_step(net, vgg, target, b, cfg, gen, device, use_bf16, loss_weights):
+    """O_{t-1} = net([I_{t-1}, 0, 0]) (shot-start mode, no gradient, rounded to uint8 levels as at
+    render time), then O_t = net([I_t, M * W(O_{t-1}), M]) with W the backward warp and M frame t's
+    reliability; losses on O_t: perceptual, ReCoNet's luminance-compensated output temporal loss
+    (and optionally the feature one). A fraction of the samples runs O_t in shot-start mode
+    (M = 0, no temporal loss) so the net keeps working at cuts."""
+    from pipeline.flow import warp_torch
+
+    zeros = torch.zeros_like(b.mask)
+    with torch.no_grad(), autocast(device, use_bf16):
+        x_prev = recurrent_input(b.prev, torch.zeros_like(b.prev), zeros)
+        f_prev = net.encode(x_prev)
+        out_prev = _quantize(net.decode(f_prev, x_prev))
+    warped_prev = warp_torch(out_prev, b.backward)
+    recurrent = (torch.rand(b.mask.shape[0], generator=gen) >= cfg.first_frame_fraction)
+    mask = b.mask * recurrent.to(b.mask).view(-1, 1, 1, 1)
+    with autocast(device, use_bf16):
+        x_cur = recurrent_input(b.cur, warped_prev, mask)
+        f_cur = net.encode(x_cur)
+        raw = net.decode(f_cur, x_cur)
+        y = straight_through_clamp(raw)
+        feats_y = vgg(y)
+        with torch.no_grad():
+            feats_x = vgg(b.cur)
+    terms = L.perceptual_terms(feats_y, feats_x, target, y, raw, b.cur)
+    terms["temporal"] = L.temporal_output_loss(y.float(), warped_prev, b.cur, warp_torch(b.prev, b.backward), mask)
+    if loss_weights["temporal_feature"]:
+        flow = _resize_flow(b.backward, tuple(f_cur.shape[-2:]))
+        terms["temporal_feature"] = L.temporal_feature_loss(f_cur, warp_torch(f_prev.float(), flow), mask)
+    return terms, raw
+
+
+def _reconet_step(net, vgg, target, b, cfg, gen, device, use_bf16, loss_weights):
+    """Both frames through the net in one batch, with gradient (two-frame synergic training): the
+    perceptual losses on each frame, averaged; the output temporal loss (luminance constraint)
+    between O_t and W(O_{t-1}); the feature temporal loss between the encoder outputs, with the
+    flow resized and rescaled to their resolution, relative to their energy."""
+    from pipeline.flow import warp_torch
+
+    n = b.cur.shape[0]
+    x = torch.cat([b.prev, b.cur])
+    with autocast(device, use_bf16):
+        f = net.encode(x)
+        raw = net.decode(f, x)
+        y = straight_through_clamp(raw)
+        feats_y = vgg(y)
+        with torch.no_grad():
+            feats_x = vgg(x)
+    terms = L.perceptual_terms(feats_y, feats_x, target, y, raw, x)
+    y_prev, y_cur = y.float()[:n], y.float()[n:]
+    terms["temporal"] = L.temporal_output_loss(y_cur, warp_torch(y_prev, b.backward), b.cur,
+                                               warp_torch(b.prev, b.backward), b.mask)
+    f_prev, f_cur = f.float()[:n], f.float()[n:]
+    flow = _resize_flow(b.backward, tuple(f_cur.shape[-2:]))
+    energy = f_cur.detach().pow(2).mean().clamp_min(1e-8)
+    terms["temporal_feature"] = L.temporal_feature_loss(f_cur, warp_torch(f_prev, flow), b.mask) / energy
+    return terms, raw

@@ -240,3 +240,29 @@ def test_flow_recurrent_refuses_per_frame_checkpoint(tmp_path):
     with pytest.raises(InputError, match="style starry is a per-frame model; flow-recurrent needs a model "
                                          "trained with `filmstyle train --video`"):
         FlowRecurrent(path)
+
+
+def test_reconet_training_makes_a_one_frame_net_that_renders_without_flow(tmp_path, data, demo_clip_factory):
+    """--temporal reconet: both frames through the net, temporal losses in training only; the result
+    is a 3-channel net for the ``stable`` method, and its render computes and reads no flow."""
+    from engine.config import RenderConfig
+    from engine.local import render
+    from pipeline.media import probe
+
+    root, photos, style, _ = data
+    init = _checkpoint(tmp_path / "init.safetensors", 3, style, photos)
+    out = train_video(_video_cfg(root, init, tmp_path / "stable.safetensors", 2, temporal="reconet"),
+                      progress=False, log=lambda *_: None)
+    net, card = load_style_model(out)
+    assert net.config.in_channels == 3 and card["method"] == "stable"
+    assert card["losses"]["weights"]["temporal_feature"] > 0
+    assert {"temporal", "temporal_feature"} <= set(card["losses"]["final_ema"])
+    with pytest.raises(InputError, match="cannot initialise a one-frame"):
+        train_video(_video_cfg(root, _checkpoint(tmp_path / "r.safetensors", 7), tmp_path / "x.safetensors", 1,
+                               temporal="reconet"), progress=False, log=lambda *_: None)
+
+    clip = demo_clip_factory(("astronaut", "coffee"), width=96, height=54, seconds_per_shot=0.5)
+    report = render(RenderConfig(input=clip, output=str(tmp_path / "s.mp4"), style=str(out), method="stable",
+                                 width=96, chunk_frames=6, cache_dir=str(tmp_path / "c")), progress=False, log=None)
+    assert report.flow == {} and probe(tmp_path / "s.mp4").frame_count == probe(clip).frame_count
+    assert not (tmp_path / "c" / "flow").exists()  # no flow computed, none cached
