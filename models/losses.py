@@ -117,6 +117,42 @@ def temporal_feature_loss(f_t: torch.Tensor, warped_f_prev: torch.Tensor, mask: 
     return (m * (f_t.float() - warped_f_prev.float())).pow(2).mean()
 
 
+# ---------------------------------------------------------------- distillation (Chen et al. 2020)
+
+
+def difference_weight(teacher_flow: torch.Tensor, teacher_frame: torch.Tensor) -> torch.Tensor:
+    """(N, 1, H, W): where optical flow changed the output, the mean absolute difference over RGB
+    of the flow-using teacher's output and the one-frame teacher's. 0 where they agree."""
+    return (teacher_flow.float() - teacher_frame.float()).abs().mean(dim=1, keepdim=True)
+
+
+def distillation_loss(student: torch.Tensor, teacher_flow: torch.Tensor, teacher_frame: torch.Tensor,
+                      alpha: float) -> torch.Tensor:
+    """The student follows the flow-using teacher, ``1 + alpha * difference_weight`` times harder
+    where the two teachers differ (where flow helps): weighted squared error, RGB summed, mean."""
+    w = 1.0 + alpha * difference_weight(teacher_flow, teacher_frame)
+    return (w * (student.float() - teacher_flow.float()).pow(2).sum(dim=1, keepdim=True)).mean()
+
+
+def rank_ratio(stack: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Per sample: nuclear over Frobenius norm of the (K, C*H*W) matrix of K aligned frames (N, K, C, H, W),
+    pixels outside ``mask`` (N, 1, H, W) zeroed. 1 for frames that are one picture up to brightness
+    (rank 1), up to sqrt(K) for unrelated frames; free of the frames' scale."""
+    n, k = stack.shape[:2]
+    m = _as_mask(mask)[:, None]  # (N, 1, 1, H, W)
+    rows = (stack.float() * m).reshape(n, k, -1)
+    fro = rows.pow(2).sum(dim=(1, 2)).sqrt().clamp_min(1e-8)
+    return torch.linalg.matrix_norm(rows, ord="nuc") / fro
+
+
+def low_rank_loss(outputs: torch.Tensor, inputs: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Chen et al.'s low-rank loss: K consecutive frames warped into one frame's view (N, K, C, H, W)
+    should be as close to one picture after stylization as they were before: the squared
+    difference of the rank ratios (``rank_ratio``) of the stacked outputs and inputs over the
+    pixels visible in all K (``mask``), batch mean. 0 when the outputs are as aligned as the inputs."""
+    return (rank_ratio(outputs, mask) - rank_ratio(inputs, mask)).pow(2).mean()
+
+
 # ---------------------------------------------------------------- tone (light and dark)
 
 #: The tone measure looks at the image at this width, blurred with this sigma (pixels): the

@@ -266,3 +266,33 @@ def test_reconet_training_makes_a_one_frame_net_that_renders_without_flow(tmp_pa
                                  width=96, chunk_frames=6, cache_dir=str(tmp_path / "c")), progress=False, log=None)
     assert report.flow == {} and probe(tmp_path / "s.mp4").frame_count == probe(clip).frame_count
     assert not (tmp_path / "c" / "flow").exists()  # no flow computed, none cached
+
+
+def test_low_rank_loss_is_zero_for_aligned_frames_and_grows_with_independent_noise():
+    torch.manual_seed(0)
+    frame = torch.rand(2, 1, 3, 24, 32)
+    stack = frame.expand(2, 4, 3, 24, 32)  # K = 4 identical aligned frames
+    mask = torch.ones(2, 1, 24, 32)
+    assert float(L.low_rank_loss(stack, stack, mask)) == pytest.approx(0, abs=1e-6)
+    assert float(L.low_rank_loss(0.5 * stack + 0.2, stack, mask)) < 1e-3  # a global level change is not flicker
+    losses = [float(L.low_rank_loss(stack + s * torch.randn_like(stack), stack, mask)) for s in (0.05, 0.2, 0.8)]
+    assert 0 < losses[0] < losses[1] < losses[2]
+    # Pixels outside the mask (occluded in some of the K frames) do not count.
+    noisy = stack.clone()
+    noisy[..., :8] = torch.rand_like(noisy[..., :8])
+    mask[..., :8] = 0
+    assert float(L.low_rank_loss(noisy, stack, mask)) == pytest.approx(0, abs=1e-6)
+
+
+def test_difference_weighting_is_zero_where_the_teachers_agree():
+    torch.manual_seed(0)
+    a = torch.rand(1, 3, 8, 8)
+    b = a.clone()
+    b[..., 4:] += 0.3  # the teachers differ on the right half only
+    w = L.difference_weight(a, b)
+    assert torch.all(w[..., :4] == 0) and torch.allclose(w[..., 4:], torch.full_like(w[..., 4:], 0.3))
+    student = a + 0.1
+    # Where the teachers agree the loss is the plain squared error; alpha weighs the rest more.
+    plain = L.distillation_loss(student, a, a, alpha=10.0)
+    assert float(plain) == pytest.approx(float((student - a).pow(2).sum(1).mean()), rel=1e-6)
+    assert float(L.distillation_loss(student, a, b, alpha=10.0)) > float(plain)
