@@ -1,4 +1,5 @@
-"""``filmstyle train``: the image phase (a per-frame net) or, with --video, the flow-recurrent phase."""
+"""``filmstyle train``: the image phase (a per-frame net) or, with --video, a temporal phase (flow-recurrent or
+ReCoNet); ``filmstyle distill``: a flow-free student from a style's two nets."""
 from __future__ import annotations
 
 import sys
@@ -59,6 +60,56 @@ def add_commands(sub) -> None:
     p.add_argument("--restart", action="store_true", help="ignore an existing training state")
     p.add_argument("-q", "--quiet", action="store_true")
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("distill", help="distil a small flow-free student from a style's nets", epilog=EPILOG,
+                       description="Chen et al. 2020: a one-frame student that follows the style's flow-recurrent net "
+                                   "(teacher A), weighted where it differs from the per-frame net (teacher B), with a "
+                                   "low-rank loss over K flow-aligned frames. Render it with --method distilled. "
+                                   "Resumes from OUT.state.safetensors.")
+    p.add_argument("style", nargs="?", metavar="STYLE",
+                   help="a shipped style with a flow-recurrent net (its two nets are the teachers)")
+    p.add_argument("--teacher-flow", metavar="CKPT", help="teacher A: a flow-recurrent checkpoint (default: STYLE's)")
+    p.add_argument("--teacher-frame", metavar="CKPT", help="teacher B: a per-frame checkpoint (default: STYLE's)")
+    p.add_argument("--out", required=True, metavar="CKPT")
+    p.add_argument("--data", action="append", metavar="DIR", help="content photos (default: teacher B's)")
+    p.add_argument("--size", default=None, help="student size (default: student)")
+    for flag, kind, what in (("--steps", positive_int, "training steps (default: 2000)"),
+                             ("--frames", positive_int, "K consecutive frames per sample (default: 4)"),
+                             ("--image-size", positive_int, "crop size (default: 192)"),
+                             ("--batch-size", positive_int, "sequences per step (default: 2)"),
+                             ("--alpha", float, "difference weighting; 0 for none (default: 10)"),
+                             ("--low-rank-weight", float, "low-rank loss weight; 0 for none (default: 1)"),
+                             ("--distill-weight", float, "weight of following teacher A (default: 10)")):
+        p.add_argument(flag, type=kind, default=None, help=what)
+    add_device_option(p, "training")
+    p.add_argument("--bf16", choices=["auto", "on", "off"], default="auto")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--checkpoint-every", type=float, default=120.0, metavar="SECONDS")
+    p.add_argument("--restart", action="store_true", help="ignore an existing training state")
+    p.add_argument("-q", "--quiet", action="store_true")
+    p.set_defaults(func=cmd_distill)
+
+
+def cmd_distill(args) -> int:
+    from methods import resolve_style
+    from models.distill import DistillConfig, distill
+    from pipeline.device import resolve_device
+
+    flow, frame = args.teacher_flow, args.teacher_frame
+    if args.style:
+        flow = flow or str(resolve_style(args.style, "flow-recurrent"))
+        frame = frame or str(resolve_style(args.style, "per-frame"))
+    if not (flow and frame):
+        raise FilmstyleError("distill needs a STYLE, or --teacher-flow and --teacher-frame")
+    cfg = DistillConfig(teacher_flow=flow, teacher_frame=frame, out=args.out, data=args.data,
+                        bf16={"auto": None, "on": True, "off": False}[args.bf16], seed=args.seed,
+                        checkpoint_every_s=args.checkpoint_every, device=resolve_device(args.device))
+    for name in ("size", "steps", "frames", "image_size", "batch_size", "alpha", "low_rank_weight", "distill_weight"):
+        if getattr(args, name) is not None:
+            setattr(cfg, name, getattr(args, name))
+    path = distill(cfg, restart=args.restart, progress=not args.quiet, log=lambda m: print(m, file=sys.stderr))
+    print(f"wrote {path}")
+    return 0
 
 
 def cmd_train(args) -> int:

@@ -55,7 +55,7 @@ def portable(path: str | Path, keep: int = 1) -> str:
 def portable_config(d: dict) -> dict:
     """A training config for a card: the painting by file name, data folders by their last two parts."""
     d = dict(d)
-    for k in ("style", "init", "out", "vgg"):
+    for k in ("style", "init", "out", "vgg", "teacher_flow", "teacher_frame"):
         if d.get(k):
             d[k] = portable(d[k])
     if d.get("data"):

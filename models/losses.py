@@ -141,8 +141,13 @@ def rank_ratio(stack: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     n, k = stack.shape[:2]
     m = _as_mask(mask)[:, None]  # (N, 1, 1, H, W)
     rows = (stack.float() * m).reshape(n, k, -1)
-    fro = rows.pow(2).sum(dim=(1, 2)).sqrt().clamp_min(1e-8)
-    return torch.linalg.matrix_norm(rows, ord="nuc") / fro
+    # The singular values from the K x K Gram matrix's eigenvalues: an SVD's gradient divides by
+    # differences of singular values and is NaN for identical frames; the eigenvalues' is not.
+    gram_k = rows @ rows.transpose(1, 2)
+    energy = gram_k.diagonal(dim1=1, dim2=2).sum(-1).clamp_min(1e-12)
+    eig = torch.linalg.eigvalsh(gram_k).clamp_min(0)
+    nuclear = torch.sqrt(eig + 1e-10 * energy[:, None]).sum(-1)  # the floor keeps sqrt's gradient finite at 0
+    return nuclear / energy.sqrt()
 
 
 def low_rank_loss(outputs: torch.Tensor, inputs: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

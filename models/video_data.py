@@ -178,6 +178,55 @@ class SyntheticPairs:
         mask[box] = True  # the patch is fully visible in both frames
 
 
+@dataclass
+class SequenceBatch:
+    """K consecutive frames with exact flow (distillation): frames (N, K, 3, S, S) in [0, 1];
+    ``backward[:, k]`` (N, 2, S, S) takes frame k's pixels to frame k-1 (k >= 1; index 0 is zeros),
+    ``to_last[:, k]`` frame K-1's pixels to frame k; ``mask`` (N, 1, S, S): pixels of frame K-1 seen
+    in all K frames; ``step_mask[:, k]`` (N, 1, S, S): frame k's pixels seen in frame k-1."""
+
+    frames: torch.Tensor
+    backward: torch.Tensor
+    to_last: torch.Tensor
+    mask: torch.Tensor
+    step_mask: torch.Tensor
+
+    def to(self, device: str) -> "SequenceBatch":
+        return SequenceBatch(*(t.to(device) for t in (self.frames, self.backward, self.to_last, self.mask,
+                                                      self.step_mask)))
+
+
+class SyntheticSequences(SyntheticPairs):
+    """K frames of one steady camera move over a still photo (the same small affine step each frame)."""
+
+    def sample_sequence(self, g: torch.Generator, k: int) -> tuple[np.ndarray, ...]:
+        s = self.size
+        photo = self._photo(g, s * _uniform(g, 1.1, 1.4))
+        view = np.eye(3)
+        view[:2, 2] = [-_randint(g, 0, photo.shape[1] - s), -_randint(g, 0, photo.shape[0] - s)]
+        step = _camera_move(g, s)
+        views = [view]
+        for _ in range(k - 1):
+            views.append(step @ views[-1])
+        frames = np.stack([cv2.warpAffine(photo, m[:2], (s, s), flags=cv2.INTER_LINEAR,
+                                          borderMode=cv2.BORDER_REFLECT_101) for m in views])
+        backward = np.stack([np.zeros((s, s, 2), np.float32)]
+                            + [affine_flow(views[i], views[i - 1], (s, s)) for i in range(1, k)])
+        to_last = np.stack([affine_flow(views[-1], views[i], (s, s)) for i in range(k)])
+        step_mask = np.stack([np.ones((s, s), bool)] + [_in_frame(b) for b in backward[1:]])
+        mask = np.logical_and.reduce([_in_frame(f) for f in to_last])
+        return frames, backward, to_last, mask, step_mask
+
+    def batch(self, g: torch.Generator, n: int, k: int) -> SequenceBatch:
+        parts = [self.sample_sequence(g, k) for _ in range(n)]
+
+        def t(i, chw=True):
+            a = torch.from_numpy(np.stack([p[i] for p in parts]).astype(np.float32))
+            return a.permute(0, 1, 4, 2, 3).contiguous() if chw else a
+
+        return SequenceBatch(t(0), t(1), t(2), t(3, chw=False)[:, None], t(4, chw=False)[:, :, None])
+
+
 # ---------------------------------------------------------------- real clips
 
 

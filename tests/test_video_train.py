@@ -296,3 +296,39 @@ def test_difference_weighting_is_zero_where_the_teachers_agree():
     plain = L.distillation_loss(student, a, a, alpha=10.0)
     assert float(plain) == pytest.approx(float((student - a).pow(2).sum(1).mean()), rel=1e-6)
     assert float(L.distillation_loss(student, a, b, alpha=10.0)) > float(plain)
+
+
+def test_distill_trains_a_flow_free_student_and_records_its_teachers(tmp_path, data, demo_clip_factory):
+    from engine.config import RenderConfig
+    from engine.local import render
+    from models.distill import DistillConfig, distill, teacher_outputs
+    from models.video_data import SyntheticSequences
+
+    root, photos, style, _ = data
+    frame = _checkpoint(tmp_path / "frame.safetensors", 3, style, photos)
+    flow = _checkpoint(tmp_path / "flow.safetensors", 7, style, photos, seed=1)
+    cfg = DistillConfig(teacher_flow=str(flow), teacher_frame=str(frame), out=str(tmp_path / "student.safetensors"),
+                        data=str(photos), frames=3, image_size=32, batch_size=2, steps=2, bf16=False,
+                        checkpoint_every_steps=1)
+    # The cards of _checkpoint record no painting hash: both None, so they count as the same painting.
+    out = distill(cfg, progress=False, log=lambda *_: None)
+    net, card = load_style_model(out)
+    assert card["method"] == "distilled" and net.config.in_channels == 3 and net.config.base_channels == 16
+    assert card["teachers"]["flow"]["name"] == "flow.safetensors" and card["steps"] == 2
+    assert {"distill", "low_rank", "style", "content"} <= set(card["losses"]["final_ema"])
+    assert "/" not in card["config"]["teacher_flow"]  # no path of this machine in the card
+
+    # Teacher A runs over the sequence as a render does: its first frame is a shot start.
+    a, _ = load_style_model(flow)
+    b, _ = load_style_model(frame)
+    seq = SyntheticSequences(sorted(photos.glob("*.png")), 32).batch(torch.Generator().manual_seed(0), 1, 3)
+    out_a, out_b = teacher_outputs(a.eval(), b.eval(), seq.frames, seq.backward, seq.step_mask)
+    assert out_a.shape == out_b.shape == seq.frames.shape
+    with pytest.raises(InputError, match="teacher A must be a flow-recurrent net"):
+        distill(DistillConfig(teacher_flow=str(frame), teacher_frame=str(frame), out=str(tmp_path / "x.safetensors"),
+                              data=str(photos)), progress=False, log=lambda *_: None)
+
+    clip = demo_clip_factory(("astronaut", "coffee"), width=96, height=54, seconds_per_shot=0.5)
+    report = render(RenderConfig(input=clip, output=str(tmp_path / "d.mp4"), style=str(out), method="distilled",
+                                 width=96, cache_dir=str(tmp_path / "c")), progress=False, log=None)
+    assert report.flow == {} and not (tmp_path / "c" / "flow").exists()
