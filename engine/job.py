@@ -163,11 +163,9 @@ def _share(store: Storage, key: str, path: str) -> None:
 
 def _check_upscale(name: str, working: tuple[int, int], out_size: tuple[int, int]) -> None:
     import models.upscalers  # noqa: F401  (registers the learned upscalers)
-    from pipeline.upscale import UPSCALERS
+    from pipeline.upscale import upscaler_class
 
-    if name not in UPSCALERS:
-        raise InputError(f"unknown upscaler {name!r}; available: {', '.join(sorted(UPSCALERS))}")
-    if getattr(UPSCALERS[name], "enlarges_only", False) and (out_size[0] < working[0] or out_size[1] < working[1]):
+    if getattr(upscaler_class(name), "enlarges_only", False) and (out_size[0] < working[0] or out_size[1] < working[1]):
         raise InputError(f"upscaler {name} enlarges: the delivery size {out_size[0]}x{out_size[1]} is smaller than "
                          f"the working size {working[0]}x{working[1]} (lower --width, or use --upscaler area)")
 

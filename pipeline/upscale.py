@@ -72,10 +72,15 @@ class Area(_CV2Resize):
     interpolation = cv2.INTER_AREA
 
 
-def make_upscaler(name: str, *, device: str = "cpu", **options) -> Upscaler:
-    """The upscaler ``name`` for frames coming off ``device``, with its ``options``."""
+def upscaler_class(name: str):
+    """The registered class of upscaler ``name``; one clear error for an unknown one."""
     from .errors import InputError
 
     if name not in UPSCALERS:
         raise InputError(f"unknown upscaler {name!r}; available: {', '.join(sorted(UPSCALERS))}")
-    return UPSCALERS[name](device=device, **options)
+    return UPSCALERS[name]
+
+
+def make_upscaler(name: str, *, device: str = "cpu", **options) -> Upscaler:
+    """The upscaler ``name`` for frames coming off ``device``, with its ``options``."""
+    return upscaler_class(name)(device=device, **options)
