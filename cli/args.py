@@ -79,13 +79,16 @@ def method_options(args) -> dict:
     return {n: getattr(args, n) for n in all_options() if getattr(args, n, None) is not None}
 
 
-def add_engine_options(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("engine and storage")
-    g.add_argument("--engine", default="prefect", choices=["prefect", "local"],
-                   help="prefect: a Prefect flow on Ray (local Ray and Prefect unless told otherwise); "
-                        "local: everything in this process (default: prefect)")
-    g.add_argument("--ray-address", default=None, metavar="ADDR",
-                   help="join this Ray cluster (default: $RAY_ADDRESS, else a local Ray sized to this machine)")
+def add_engine_options(p: argparse.ArgumentParser, engine: bool = True) -> None:
+    """Storage settings; ``engine``: also --engine and --ray-address (not for queued renders,
+    whose worker's environment says where they run)."""
+    g = p.add_argument_group("engine and storage" if engine else "storage")
+    if engine:
+        g.add_argument("--engine", default="prefect", choices=["prefect", "local"],
+                       help="prefect: a Prefect flow on Ray (local Ray and Prefect unless told otherwise); "
+                            "local: everything in this process (default: prefect)")
+        g.add_argument("--ray-address", default=None, metavar="ADDR",
+                       help="join this Ray cluster (default: $RAY_ADDRESS, else a local Ray sized to this machine)")
     g.add_argument("--s3-endpoint-url", default=None, metavar="URL",
                    help="S3-compatible endpoint (default: $FILMSTYLE_S3_ENDPOINT_URL or $AWS_ENDPOINT_URL)")
     g.add_argument("--s3-region", default=None, help="S3 region (default: $AWS_REGION / $AWS_DEFAULT_REGION)")

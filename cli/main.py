@@ -11,7 +11,7 @@ from .args import EPILOG
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from . import render_cmds, tool_cmds, train_cmd
+    from . import queue_cmds, render_cmds, tool_cmds, train_cmd
 
     parser = argparse.ArgumentParser(
         prog="filmstyle", epilog=EPILOG,
@@ -19,6 +19,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "reassembly with the original audio.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     render_cmds.add_commands(sub)
+    queue_cmds.add_commands(sub)
     tool_cmds.add_commands(sub)
     train_cmd.add_commands(sub)
     return parser

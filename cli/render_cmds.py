@@ -9,21 +9,23 @@ from .args import (EPILOG, add_device_option, add_engine_options, add_flow_optio
                    add_shot_options, config_from_args, positive_int)
 
 
-def _add_render_options(p: argparse.ArgumentParser, *, method_default: str, methods: list[str],
-                        style_required: bool = False) -> None:
+def add_render_options(p: argparse.ArgumentParser, *, method_default: str, methods: list[str],
+                       style_required: bool = False, io: bool = True) -> None:
+    """The options of a render; ``io``: also IN, -o OUT and --style (``submit`` has its own)."""
     from engine.config import DEFAULT_STYLE, RenderConfig
     from pipeline.device import PRECISIONS
     import models.upscalers  # noqa: F401  (registers the learned upscalers)
     from pipeline.upscale import UPSCALERS
 
     d = RenderConfig("", "")
-    p.add_argument("input", metavar="IN", help="input video file or s3:// URI")
-    p.add_argument("-o", "--output", required=True, metavar="OUT",
-                   help="output video (.mp4, .mkv, .mov), a path or s3:// URI")
-    p.add_argument("--style", default=None if style_required else DEFAULT_STYLE, required=style_required,
-                   metavar="NAME_OR_PATH",
-                   help="shipped style name (see 'filmstyle styles') or a .safetensors checkpoint"
-                        + ("" if style_required else f" (default: {DEFAULT_STYLE})"))
+    if io:
+        p.add_argument("input", metavar="IN", help="input video file or s3:// URI")
+        p.add_argument("-o", "--output", required=True, metavar="OUT",
+                       help="output video (.mp4, .mkv, .mov), a path or s3:// URI")
+        p.add_argument("--style", default=None if style_required else DEFAULT_STYLE, required=style_required,
+                       metavar="NAME_OR_PATH",
+                       help="shipped style name (see 'filmstyle styles') or a .safetensors checkpoint"
+                            + ("" if style_required else f" (default: {DEFAULT_STYLE})"))
     p.add_argument("--method", default=method_default, choices=methods,
                    help=f"stylization method (default: {method_default})")
     p.add_argument("--width", type=positive_int, default=d.width, metavar="W",
@@ -52,13 +54,14 @@ def _add_render_options(p: argparse.ArgumentParser, *, method_default: str, meth
                         "OUT's folder/.filmstyle/work for an s3:// OUT)")
     p.add_argument("--cache-dir", default=None, help="cache root (default: $FILMSTYLE_CACHE or ~/.cache/filmstyle)")
     p.add_argument("--keep-work", action="store_true", help="keep segments after assembling")
-    p.add_argument("--report", default=None, metavar="PATH", help="report path (default: OUT.report.json)")
-    p.add_argument("-q", "--quiet", action="store_true", help="no progress output")
-    p.add_argument("-v", "--verbose", action="store_true", help="Prefect's and Ray's own logs too")
+    if io:
+        p.add_argument("--report", default=None, metavar="PATH", help="report path (default: OUT.report.json)")
+        p.add_argument("-q", "--quiet", action="store_true", help="no progress output")
+        p.add_argument("-v", "--verbose", action="store_true", help="Prefect's and Ray's own logs too")
     add_method_options(p)
     add_shot_options(p)
     add_flow_options(p, d)
-    add_engine_options(p)
+    add_engine_options(p, engine=io)
 
 
 def add_commands(sub) -> None:
@@ -69,7 +72,7 @@ def add_commands(sub) -> None:
                        description="Render a stylized copy of IN to OUT, keeping frame rate, cuts, audio and "
                                    "subtitles. Writes OUT.report.json with timings per stage. IN, OUT, "
                                    "--flow-cache and --workdir may be s3:// URIs.")
-    _add_render_options(p, method_default=DEFAULT_METHOD, methods=sorted(METHODS))
+    add_render_options(p, method_default=DEFAULT_METHOD, methods=sorted(METHODS))
     p.set_defaults(func=cmd_render)
 
     flow_methods = sorted(m for m, cls in METHODS.items() if cls.needs_flow)
@@ -78,7 +81,7 @@ def add_commands(sub) -> None:
                        description="Render IN with another style, reading the optical flow from the flow cache "
                                    "filled by an earlier render or by 'filmstyle precompute-flow' (same input, "
                                    "--width and flow options): no flow is computed when the cache is complete.")
-    _add_render_options(p, method_default=RESTYLE_METHOD, methods=flow_methods, style_required=True)
+    add_render_options(p, method_default=RESTYLE_METHOD, methods=flow_methods, style_required=True)
     p.set_defaults(func=cmd_restyle)
 
     d = RenderConfig("", "")

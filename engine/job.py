@@ -18,7 +18,7 @@ from pipeline.errors import InputError, OutputError
 from pipeline.flow import FlowCache, make_flow_backend
 from pipeline.paths import cache_root
 from pipeline.plan import Chunk, RenderPlan, make_plan
-from pipeline.storage import S3Config, Storage, is_remote, join_uri, open_storage, parent_uri
+from pipeline.storage import S3Config, Storage, is_remote, join_uri, open_storage, parent_uri, split_uri
 
 from .config import RenderConfig
 from .source import Source, _suffix, delivery_size, node_file
@@ -27,8 +27,11 @@ JOB_KEY = "job.json"
 
 
 def work_key(source: Source, params: dict, needs_flow: bool, cfg: RenderConfig, out_size: tuple[int, int]) -> str:
-    """Content key of a render's work: everything that changes its frames (``params``: the method's)."""
-    spec = {"source": source.hash, "stylizer": params, "width": cfg.width,
+    """Key of a render's work: everything that changes its frames (``params``: the method's), and the
+    output it is for: two renders of the same film with the same settings into two outputs, at the
+    same time (two queued runs), must not share a folder that the first to finish removes."""
+    output = cfg.output if is_remote(cfg.output) else os.path.abspath(split_uri(cfg.output)[1])
+    spec = {"source": source.hash, "output": output, "stylizer": params, "width": cfg.width,
             "out": list(out_size), "chunk": cfg.chunk_frames, "crf": cfg.crf, "preset": cfg.preset,
             "upscaler": cfg.upscaler, "shots": asdict(cfg.shot_params())}
     if needs_flow:

@@ -29,7 +29,7 @@ from .config import RenderConfig
 from .flow_stage import flow_report
 from .job import RenderJob, plan_job, run_settings
 from .output import assemble_output, finish_work
-from .progress import StageTimer, Ticker
+from .progress import RenderProgress, StageTimer, Ticker
 from .report import RenderReport, describe, make_report, write_report
 from .source import Source, check_output, find_shots, prepare_source
 
@@ -76,6 +76,9 @@ class Executor(ABC):
     def publish(self, job: RenderJob, report: RenderReport) -> str:
         """Write the report where the job says; returns its URI."""
         return write_report(job, report)
+
+    def progress(self, progress: RenderProgress) -> None:
+        """Where the render stands (after each chunk and stage), for watchers other than ``log``."""
 
 
 # ---------------------------------------------------------------- the head stages
@@ -155,16 +158,18 @@ def _open(cfg: RenderConfig, ex: Executor, timer: StageTimer, *, with_style: boo
     return job
 
 
-def _flow(job: RenderJob, ex: Executor) -> tuple[dict, dict]:
+def _flow(job: RenderJob, ex: Executor, progress: RenderProgress) -> tuple[dict, dict]:
     totals = {"pairs": 0, "computed": 0, "cached": 0}
     nodes: dict[str, str | None] = {}
     ticker = Ticker(ex.log, "flow", len(job.plan.chunks), "chunks")
+    progress.flow(0, len(job.plan.chunks))
 
     def done(chunk: Chunk, counts: dict) -> None:
         for k in totals:
             totals[k] += counts[k]
         nodes[chunk.id] = counts.get("node")
         ticker.add(1)
+        progress.flow(ticker.done, ticker.total)
 
     ex.flow(job, list(job.plan.chunks), done)
     report = flow_report(job, totals)
@@ -178,17 +183,21 @@ def render(cfg: RenderConfig, ex: Executor, *, restyle: bool = False, checked: b
     t0 = time.perf_counter()
     timer = StageTimer()
     job = _open(cfg, ex, timer, with_style=True, checked=checked)
+    progress = RenderProgress(ex.progress)
     try:
         flow, flow_nodes = {}, {}
         if job.needs_flow:
             with timer("flow"):
-                flow, flow_nodes = _flow(job, ex)
+                flow, flow_nodes = _flow(job, ex, progress)
             if restyle and flow["computed"]:
                 ex.log(f"restyle: the flow cache lacked {flow['computed']} of {flow['pairs']} pairs (now computed)")
         done = chunk_store(job).committed(job.plan.chunks)
         todo = [c for c in job.plan.chunks if c.id not in done]
         chunk_nodes: dict[str, str | None] = {}
         workers: dict = {}
+        n_chunks, n_frames = len(job.plan.chunks), job.plan.frame_count
+        resumed_frames = n_frames - sum(c.length for c in todo)
+        progress.stylize(resumed_frames, n_frames, len(done), n_chunks)
         if todo:
             ticker = Ticker(ex.log, "stylize", sum(c.length for c in todo), "frames")
 
@@ -196,12 +205,14 @@ def render(cfg: RenderConfig, ex: Executor, *, restyle: bool = False, checked: b
                 chunk_nodes[chunk.id] = info.get("node")
                 timer.merge(info.get("stages", {}))
                 ticker.add(chunk.length, f" ({len(chunk_nodes)}/{len(todo)} chunks)")
+                progress.stylize(resumed_frames + ticker.done, n_frames, len(done) + len(chunk_nodes), n_chunks)
 
             ex.log(f"stylize: {len(todo)} chunks ({len(done)} already committed)")
             with timer("render"):
                 workers = ex.stylize(job, chains_of(job, todo), chunk_done)
         else:
             ex.log(f"stylize: all {len(done)} chunks already committed")
+        progress.finish("assemble")
         with timer("assemble"):
             preview = ex.stage("assemble", assemble_output, job)
     finally:
@@ -212,6 +223,7 @@ def render(cfg: RenderConfig, ex: Executor, *, restyle: bool = False, checked: b
                          flow_nodes=flow_nodes if ex.name != "local" else {}, preview=preview)
     ex.stage("report", ex.publish, job, report)
     finish_work(job)
+    progress.finish("done")
     return report
 
 
@@ -220,12 +232,14 @@ def precompute_flow(cfg: RenderConfig, ex: Executor, *, checked: bool = False) -
     t0 = time.perf_counter()
     timer = StageTimer()
     job = _open(cfg, ex, timer, with_style=False, checked=checked)
+    progress = RenderProgress(ex.progress)
     try:
         with timer("flow"):
-            report, nodes = _flow(job, ex)
+            report, nodes = _flow(job, ex, progress)
     finally:
         ex.close_job(job)
     finish_work(job)
+    progress.finish("done")
     return {"input": cfg.input, "frames": job.plan.frame_count, "chunks": len(job.plan.chunks), "flow": report,
             "flow_nodes": nodes if ex.name != "local" else {},
             "stage_seconds": {k: round(v, 3) for k, v in timer.seconds.items()},

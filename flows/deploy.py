@@ -1,84 +1,73 @@
-"""Deployments of the filmstyle flows to a Prefect work pool, for scheduled and queued renders.
+"""The deployments of the filmstyle flows on a Prefect work pool: ``filmstyle deploy`` (the one
+definition; there is no prefect.yaml to keep in step with it).
 
-    prefect server start                               # or PREFECT_API_URL=... (a server, Prefect Cloud)
-    prefect work-pool create filmstyle --type process
-    python -m flows.deploy --pool filmstyle --ray-address ray://HEAD:10001 \\
-        [--cron "0 2 * * *" --input s3://films/in.mp4 --output s3://films/out.mp4 --style NAME]
-    prefect worker start --pool filmstyle              # on a machine that reaches the Ray head
-    prefect deployment run render/filmstyle-render -p input=s3://... -p output=s3://... -p style=NAME
-
-The same deployments are declared in prefect.yaml at the repository root (``prefect deploy --all``).
-Each flow run joins the Ray cluster named by RAY_ADDRESS in the work pool's job variables (or the
-``ray_address`` parameter) and reads and writes s3:// URIs; see docs/orchestration.md.
+* The flow code comes from the installed package: each deployment's entrypoint is a module path
+  (``flows.render.render_flow``), so a worker needs filmstyle installed and nothing else: no
+  working folder, no pull step, no placeholder to fill.
+* The work pool (type ``process``) is created when missing; ``renders`` sets its concurrency limit,
+  the most flow runs the pool runs at once, whichever workers take them. The stylizers of each
+  render then share the Ray cluster, one actor per GPU (``tasks.ray_exec``).
+* ``ray_address`` and ``env`` go into the deployments' job variables (the flow runs' environment);
+  without them a flow run inherits its worker's environment (RAY_ADDRESS, FILMSTYLE_CACHE, AWS_*).
+* ``options``: render options the render and restyle deployments default to; a submission's own
+  options are merged over them (``flows.queue``).
 """
 from __future__ import annotations
 
-import argparse
-import json
-from pathlib import Path
 from uuid import UUID
 
-ROOT = Path(__file__).resolve().parents[1]
+from pipeline.errors import InputError
 
-# deployment name -> entrypoint (flow names: render, restyle, precompute-flow)
-DEPLOYMENTS = {
-    "filmstyle-render": "flows/render.py:render_flow",
-    "filmstyle-restyle": "flows/render.py:restyle_flow",
-    "filmstyle-precompute-flow": "flows/render.py:precompute_flow",
+DEFAULT_POOL = "filmstyle"
+RENDER, RESTYLE, PRECOMPUTE = "render/filmstyle-render", "restyle/filmstyle-restyle", \
+    "precompute-flow/filmstyle-precompute-flow"
+DESCRIPTIONS = {
+    RENDER: "Stylize a film (probe, shots, plan, flow, stylize, upscale, assemble) on the Ray cluster.",
+    RESTYLE: "Render a film again in a new style; every flow pair comes from the flow cache.",
+    PRECOMPUTE: "Fill the flow cache of a film (all chunks in parallel) ahead of its renders.",
 }
 
 
-def deploy(pool: str, *, source: str | Path = ROOT, ray_address: str | None = None, env: dict | None = None,
-           cron: str | None = None, parameters: dict | None = None, only: list[str] | None = None,
-           tags: list[str] | None = None) -> dict[str, UUID]:
-    """Create (or update) the deployments on the work pool ``pool``; returns their ids by name.
+def flows() -> dict:
+    """Deployment name ("flow/deployment") -> the flow object."""
+    from flows.render import precompute_flow, render_flow, restyle_flow
 
-    ``source``: the folder (or git URL) the worker loads the flow code from. ``parameters`` and
-    ``cron`` apply to the render deployment only (a scheduled render needs its input, output
-    and style); the others are run on demand.
-    """
-    from prefect import flow
+    return {RENDER: render_flow, RESTYLE: restyle_flow, PRECOMPUTE: precompute_flow}
 
-    job_variables = {"env": {**({"RAY_ADDRESS": ray_address} if ray_address else {}), **(env or {})}}
+
+def ensure_pool(pool: str, renders: int | None = None) -> None:
+    """Create the process work pool ``pool`` if missing; set its concurrency limit when given."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import WorkPoolCreate, WorkPoolUpdate
+    from prefect.exceptions import ObjectNotFound
+
+    with get_client(sync_client=True) as client:
+        try:
+            found = client.read_work_pool(pool)
+        except ObjectNotFound:
+            client.create_work_pool(WorkPoolCreate(name=pool, type="process", concurrency_limit=renders))
+            return
+        if found.type != "process":
+            raise InputError(f"work pool {pool!r} is of type {found.type!r}; filmstyle deploys to a process pool")
+        if renders is not None and found.concurrency_limit != renders:
+            client.update_work_pool(pool, WorkPoolUpdate(concurrency_limit=renders))
+
+
+def deploy(pool: str = DEFAULT_POOL, *, ray_address: str | None = None, env: dict | None = None,
+           options: dict | None = None, renders: int | None = None) -> dict[str, UUID]:
+    """Create or update the three deployments on ``pool``; returns their ids by name."""
+    from prefect.types.entrypoint import EntrypointType
+
+    from flows.queue import connect
+
+    connect()
+    ensure_pool(pool, renders)
+    job_env = {**({"RAY_ADDRESS": ray_address} if ray_address else {}), **(env or {})}
     ids = {}
-    for name, entrypoint in DEPLOYMENTS.items():
-        if only and name not in only:
-            continue
-        loaded = flow.from_source(source=str(source), entrypoint=entrypoint)
-        scheduled = name == "filmstyle-render"
-        ids[name] = loaded.deploy(
-            name=name, work_pool_name=pool, job_variables=job_variables,
-            cron=cron if scheduled else None, parameters=(parameters or {}) if scheduled else {},
-            tags=["filmstyle", *(tags or [])], build=False, push=False, print_next_steps=False,
-            ignore_warnings=True)
+    for name, fl in flows().items():
+        params = {"options": dict(options)} if options and name != PRECOMPUTE else {}
+        deployment = fl.to_deployment(
+            name=name.split("/")[1], description=DESCRIPTIONS[name], tags=["filmstyle"], parameters=params,
+            job_variables={"env": job_env} if job_env else {}, entrypoint_type=EntrypointType.MODULE_PATH)
+        ids[name] = deployment.apply(work_pool_name=pool)
     return ids
-
-
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m flows.deploy", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--pool", default="filmstyle", help="work pool (create it with 'prefect work-pool create')")
-    ap.add_argument("--source", default=str(ROOT), help="where workers load the code from (folder or git URL)")
-    ap.add_argument("--ray-address", default=None, help="RAY_ADDRESS for the flow runs (ray://HEAD:10001)")
-    ap.add_argument("--env", action="append", default=[], metavar="NAME=VALUE",
-                    help="more environment for the flow runs (e.g. FILMSTYLE_S3_ENDPOINT_URL=...)")
-    ap.add_argument("--cron", default=None, help="schedule for the render deployment")
-    ap.add_argument("--input", default=None, help="render deployment default: input URI")
-    ap.add_argument("--output", default=None, help="render deployment default: output URI")
-    ap.add_argument("--style", default=None, help="render deployment default: style")
-    ap.add_argument("--options", default=None, metavar="JSON", help='render options, e.g. {"width": 960}')
-    args = ap.parse_args(argv)
-    env = dict(item.split("=", 1) for item in args.env)
-    params = {k: v for k, v in {"input": args.input, "output": args.output, "style": args.style}.items() if v}
-    if args.options:
-        params["options"] = json.loads(args.options)
-    if args.cron and not {"input", "output"} <= set(params):
-        ap.error("--cron needs --input and --output (a scheduled render must know what to render)")
-    for name, dep_id in deploy(args.pool, source=args.source, ray_address=args.ray_address, env=env,
-                               cron=args.cron, parameters=params).items():
-        print(f"{name}: {dep_id}")
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -5,6 +5,8 @@
   a chain run one after another, each chain's next chunk is submitted when its previous one is
   done (so no thread waits on an upstream chunk), chains run in parallel.
 * Report: the JSON report plus a markdown artifact (the report's summary rows and a preview).
+* Progress: a Prefect progress artifact of the flow run, updated after each chunk (at most once a
+  second, and at every stage change), which ``filmstyle queue`` reads.
 """
 from __future__ import annotations
 
@@ -12,6 +14,7 @@ import base64
 import concurrent.futures
 import logging
 import os
+import time
 from collections import deque
 
 from prefect import get_run_logger
@@ -19,6 +22,7 @@ from prefect.exceptions import MissingContextError
 
 from engine.config import RenderConfig
 from engine.job import RenderJob
+from engine.progress import RenderProgress
 from engine.report import RenderReport, summary_rows, write_report
 from engine.sequence import ChunkDone, Executor
 from pipeline.errors import InputError
@@ -68,6 +72,26 @@ class PrefectRayExecutor(Executor):
         super().__init__(log)
         self.ray_address = ray_address
         self.pool = None
+        self._artifact, self._sent = None, (None, 0.0)
+
+    def progress(self, progress: RenderProgress) -> None:
+        """The run's progress artifact: created on the first call, then updated in place."""
+        from prefect.artifacts import create_progress_artifact, update_progress_artifact
+
+        stage, last = self._sent
+        now = time.monotonic()
+        if stage == progress.stage and now - last < 1.0 and progress.percent < 99.0:
+            return
+        self._sent = (progress.stage, now)
+        try:
+            if self._artifact is None:
+                self._artifact = create_progress_artifact(progress.percent, description=progress.text())
+            else:
+                update_progress_artifact(self._artifact, progress.percent, description=progress.text())
+        except MissingContextError:
+            pass  # not in a flow run (nothing watches)
+        except Exception as e:  # a watcher's view: never worth failing the render for
+            logging.getLogger("filmstyle").debug("progress artifact: %s", e)
 
     def start(self, cfg: RenderConfig) -> int:
         return ray_exec.connect(self.ray_address)["nodes"]

@@ -3,6 +3,8 @@ Prefect + Ray executor (``flows.executor``). Prefect orchestrates, Ray executes.
 
 ``checked``: the CLI has run ``engine.sequence.check`` already (bad input fails in a second,
 before Prefect and Ray start); a deployment's run leaves it False and checks in the flow.
+``followers``: restyle runs of the same film waiting for this render's flow cache
+(``flows.queue``); its state hooks release them however the render ends.
 """
 from __future__ import annotations
 
@@ -14,6 +16,7 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from engine import sequence
 from engine.config import DEFAULT_STYLE, RESTYLE_METHOD, RenderConfig
 from flows.executor import MAX_TASK_WORKERS, PrefectRayExecutor
+from flows.queue import release_followers
 
 
 def _config(input: str, output: str, style: str | None, options: dict | None) -> RenderConfig:
@@ -24,9 +27,11 @@ def _config(input: str, output: str, style: str | None, options: dict | None) ->
     return RenderConfig.from_dict(d)
 
 
-@flow(name="render", task_runner=ThreadPoolTaskRunner(max_workers=MAX_TASK_WORKERS), persist_result=False)
+@flow(name="render", task_runner=ThreadPoolTaskRunner(max_workers=MAX_TASK_WORKERS), persist_result=False,
+      on_completion=[release_followers], on_failure=[release_followers], on_crashed=[release_followers],
+      on_cancellation=[release_followers])
 def render_flow(input: str, output: str, style: str = DEFAULT_STYLE, options: dict | None = None,
-                ray_address: str | None = None, checked: bool = False) -> dict:
+                ray_address: str | None = None, checked: bool = False, followers: list | None = None) -> dict:
     """Stylize INPUT into OUTPUT (paths or s3:// URIs). ``options``: any RenderConfig field
     (method, width, chunk_frames, crf, flow_cache, workdir, s3_endpoint_url, ...) and the
     method's options (strength, ...)."""

@@ -308,20 +308,21 @@ def test_sigkilled_cli_render_resumes(tmp_path, shared_video, styles):
 # ---------------------------------------------------------------- scheduled renders (server + work pool)
 
 
-def test_prefect_yaml_declares_the_deployments_of_flows_deploy():
-    import yaml
-    from prefect.flows import load_flow_from_entrypoint
+def test_deploy_defines_the_deployments_by_module_path(tmp_path):
+    """One definition: the deployments load the installed package's flows by module path (no
+    folder, no pull step), the pool is created with its concurrency limit, options are defaults."""
+    from prefect.client.orchestration import get_client
 
-    from flows.deploy import DEPLOYMENTS, ROOT
+    from flows.deploy import PRECOMPUTE, RENDER, RESTYLE, deploy
 
-    spec = yaml.safe_load((ROOT / "prefect.yaml").read_text())
-    declared = {d["name"]: d for d in spec["deployments"]}
-    assert {n: d["entrypoint"] for n, d in declared.items()} == DEPLOYMENTS
-    names = set()
-    for entrypoint in DEPLOYMENTS.values():
-        names.add(load_flow_from_entrypoint(str(ROOT / entrypoint)).name)
-    assert names == {"render", "restyle", "precompute-flow"}
-    assert all(d["work_pool"]["name"] == "filmstyle" for d in declared.values())
+    ids = deploy("filmstyle-defs", options={"width": 320}, renders=3)
+    assert set(ids) == {RENDER, RESTYLE, PRECOMPUTE}
+    with get_client(sync_client=True) as client:
+        assert client.read_work_pool("filmstyle-defs").concurrency_limit == 3
+        for name in ids:
+            d = client.read_deployment_by_name(name)
+            assert d.entrypoint.startswith("flows.render.") and not d.pull_steps
+            assert d.parameters.get("options") == ({"width": 320} if name != PRECOMPUTE else None)
 
 
 @pytest.mark.slow
@@ -344,7 +345,7 @@ def test_render_deployment_runs_on_a_process_work_pool(tmp_path, clip, styles):
         client.create_work_pool(WorkPoolCreate(name=pool, type="process"), overwrite=True)
     ids = deploy(pool, ray_address=ray.get_runtime_context().gcs_address,
                  env={"FILMSTYLE_CACHE": str(tmp_path / "cache")})
-    assert set(ids) == {"filmstyle-render", "filmstyle-restyle", "filmstyle-precompute-flow"}
+    assert len(ids) == 3
     out = tmp_path / "scheduled.mp4"
     options = _opts(tmp_path, method="per-frame")
     run = run_deployment("render/filmstyle-render", timeout=0, parameters={
