@@ -101,7 +101,7 @@ def add_commands(sub) -> None:
 
 def cmd_deploy(args) -> int:
     from flows.deploy import deploy
-    from flows.queue import connect
+    from flows.server import connect
     from pipeline.errors import InputError
 
     env = {}

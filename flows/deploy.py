@@ -18,9 +18,9 @@ from uuid import UUID
 
 from pipeline.errors import InputError
 
+from .server import PRECOMPUTE, RENDER, RESTYLE, connect
+
 DEFAULT_POOL = "filmstyle"
-RENDER, RESTYLE, PRECOMPUTE = "render/filmstyle-render", "restyle/filmstyle-restyle", \
-    "precompute-flow/filmstyle-precompute-flow"
 DESCRIPTIONS = {
     RENDER: "Stylize a film (probe, shots, plan, flow, stylize, upscale, assemble) on the Ray cluster.",
     RESTYLE: "Render a film again in a new style; every flow pair comes from the flow cache.",
@@ -57,8 +57,6 @@ def deploy(pool: str = DEFAULT_POOL, *, ray_address: str | None = None, env: dic
            options: dict | None = None, renders: int | None = None) -> dict[str, UUID]:
     """Create or update the three deployments on ``pool``; returns their ids by name."""
     from prefect.types.entrypoint import EntrypointType
-
-    from flows.queue import connect
 
     connect()
     ensure_pool(pool, renders)

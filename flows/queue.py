@@ -25,28 +25,11 @@ from uuid import UUID
 from pipeline.errors import InputError
 from pipeline.storage import is_remote
 
-from .deploy import RENDER, RESTYLE, flows
+from .server import DEPLOYMENTS, RENDER, RESTYLE, connect
 
 WAITING = "Waiting"
 REQUEUED = "Requeued"
 HOLD = timedelta(days=3650)  # how far ahead a waiting run is scheduled
-
-
-def connect() -> str:
-    """The URL of the Prefect API in PREFECT_API_URL, checked to answer; one line otherwise."""
-    from prefect.client.orchestration import get_client
-    from prefect.settings import get_current_settings
-
-    url = get_current_settings().api.url
-    if not url:
-        raise InputError("no Prefect server configured: start one ('prefect server start') and set "
-                         "PREFECT_API_URL (e.g. http://127.0.0.1:4200/api)")
-    with get_client(sync_client=True) as client:
-        error = client.api_healthcheck()
-    if error is not None:
-        raise InputError(f"cannot reach the Prefect server at {url} ({type(error).__name__}): start it with "
-                         "'prefect server start' or point PREFECT_API_URL at a running one")
-    return url
 
 
 def _deployment(client, name: str, url: str):
@@ -245,7 +228,7 @@ def _our_runs(client, *, limit: int):
     from prefect.exceptions import ObjectNotFound
 
     ids = []
-    for name in flows():
+    for name in DEPLOYMENTS:
         try:
             ids.append(client.read_deployment_by_name(name).id)
         except ObjectNotFound:

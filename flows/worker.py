@@ -125,7 +125,7 @@ def requeue(run_ids: list[str], why: str, timeout: float = GRACE) -> str | None:
 
 def run(pool: str, *, limit: int | None = None, name: str | None = None, log=print) -> int:
     """Run a process worker for ``pool`` until it exits or we are told to stop; returns the exit code."""
-    from .queue import connect
+    from .server import connect
 
     connect()
     cmd = [sys.executable, "-m", "prefect", "worker", "start", "--pool", pool, "--type", "process"]
