@@ -3,8 +3,9 @@
 * Prefect: the API named by PREFECT_API_URL when one is configured (a server, Prefect Cloud, a
   test harness); else Prefect's temporary local server, started here with its output sent to
   CACHE/prefect-server.log so the terminal shows our progress, not the server's.
-* Ray: --ray-address / $RAY_ADDRESS, else a local Ray sized to the machine (started while the
-  Prefect server starts).
+* Ray: --ray-address / $RAY_ADDRESS, the cluster `ray start` runs on this machine, or a private
+  local Ray sized to the machine (tasks/ray_connect.py; joined or started while the Prefect server
+  starts).
 * Output: one progress line per stage step on stderr; Prefect's own logging at WARNING (INFO
   with -v), and its failure tracebacks dropped (the CLI prints a FilmstyleError as one line).
 
@@ -16,10 +17,10 @@ import logging
 import os
 import sys
 import threading
-from contextlib import contextmanager
 from pathlib import Path
 
 from pipeline.errors import FilmstyleError
+from pipeline.fds import fds_to
 
 
 def _prefect_env(verbose: bool) -> None:
@@ -60,24 +61,6 @@ def configure_output(*, verbose: bool, quiet: bool) -> None:
                     h.addFilter(_DropRunFailures())
 
 
-@contextmanager
-def _fds_to(path: Path):
-    """Point fds 1 and 2 at ``path`` (children started inside inherit it), then restore them."""
-    sys.stdout.flush()
-    sys.stderr.flush()
-    saved = [os.dup(1), os.dup(2)]
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
-    try:
-        os.dup2(fd, 1)
-        os.dup2(fd, 2)
-        yield
-    finally:
-        os.dup2(saved[0], 1)
-        os.dup2(saved[1], 2)
-        for f in (*saved, fd):
-            os.close(f)
-
-
 def _needs_server() -> bool:
     from prefect.settings import get_current_settings
 
@@ -94,7 +77,7 @@ def _start_temporary_server(log_path: Path) -> None:
     launch = server._run_uvicorn_command
 
     def quiet_launch():
-        with _fds_to(log_path):
+        with fds_to(log_path):
             return launch()
 
     server._run_uvicorn_command = quiet_launch
@@ -141,13 +124,15 @@ def run(kind: str, cfg, *, ray_address: str | None = None, verbose: bool = False
         checked: bool = False) -> dict:
     """Run the ``render``, ``restyle`` or ``precompute-flow`` flow for ``cfg`` (a RenderConfig); returns
     its report as a dict. A FilmstyleError from any task or worker is raised as itself."""
+    from tasks import ray_connect, ray_exec
+
+    ray_connect.preflight(ray_address)
     warm_up(cfg, verbose=verbose)
     from flows import render as F
-    from tasks import ray_exec
 
     configure_output(verbose=verbose, quiet=quiet)
     try:
-        ray_exec.connect(ray_address, verbose=verbose)
+        ray_connect.connect(ray_address, verbose=verbose)
     finally:
         if _server is not None:
             _server.wait()

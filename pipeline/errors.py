@@ -19,3 +19,7 @@ class InputError(FilmstyleError):
 
 class OutputError(FilmstyleError):
     """The output location cannot be written."""
+
+
+class ClusterError(FilmstyleError):
+    """The Ray cluster named by --ray-address / $RAY_ADDRESS cannot be joined."""
