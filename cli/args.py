@@ -88,7 +88,9 @@ def add_engine_options(p: argparse.ArgumentParser, engine: bool = True) -> None:
                        help="prefect: a Prefect flow on Ray (local Ray and Prefect unless told otherwise); "
                             "local: everything in this process (default: prefect)")
         g.add_argument("--ray-address", default=None, metavar="ADDR",
-                       help="join this Ray cluster (default: $RAY_ADDRESS, else a local Ray sized to this machine)")
+                       help="HOST:PORT: join the Ray cluster whose head runs `ray start --head --port PORT` there; "
+                            "auto: the cluster `ray start` runs on this machine; local: a private Ray "
+                            "(default: $RAY_ADDRESS, else the cluster running on this machine if any, else local)")
     g.add_argument("--s3-endpoint-url", default=None, metavar="URL",
                    help="S3-compatible endpoint (default: $FILMSTYLE_S3_ENDPOINT_URL or $AWS_ENDPOINT_URL)")
     g.add_argument("--s3-region", default=None, help="S3 region (default: $AWS_REGION / $AWS_DEFAULT_REGION)")

@@ -27,7 +27,7 @@ from engine.report import RenderReport, summary_rows, write_report
 from engine.sequence import ChunkDone, Executor
 from pipeline.errors import InputError
 from pipeline.plan import Chunk
-from tasks import ray_exec
+from tasks import ray_connect, ray_exec
 from tasks import render as T
 
 # Threads of the flow's task runner: tasks mostly wait on Ray, so this bounds the chunks in flight.
@@ -94,10 +94,13 @@ class PrefectRayExecutor(Executor):
             logging.getLogger("filmstyle").debug("progress artifact: %s", e)
 
     def start(self, cfg: RenderConfig) -> int:
-        return ray_exec.connect(self.ray_address)["nodes"]
+        info = ray_connect.connect(self.ray_address)
+        if info["note"]:
+            self.log(info["note"])
+        return info["nodes"]
 
     def device(self, cfg: RenderConfig) -> str:
-        gpus = sum(n["gpus"] for n in ray_exec.cluster_nodes())
+        gpus = sum(n["gpus"] for n in ray_connect.cluster_nodes())
         if cfg.device.startswith("cuda") and not gpus:
             raise InputError(f"--device {cfg.device}: the Ray cluster has no GPU")
         return "cuda" if gpus and cfg.device != "cpu" else "cpu"
@@ -112,7 +115,7 @@ class PrefectRayExecutor(Executor):
         ray_exec.release(job.work_uri)
 
     def flow(self, job: RenderJob, chunks: list[Chunk], done: ChunkDone) -> None:
-        cpus = int(sum(n["cpus"] for n in ray_exec.cluster_nodes())) or 1
+        cpus = int(sum(n["cpus"] for n in ray_connect.cluster_nodes())) or 1
         run_bounded(chunks, lambda c: T.flow_chunk.submit(job.work_uri, c.id), min(MAX_TASK_WORKERS, 2 * cpus), done)
 
     def stylize(self, job: RenderJob, chains: list[list[Chunk]], done: ChunkDone) -> dict:

@@ -4,8 +4,7 @@ Prefect tasks (tasks/render.py) call these functions directly (no prefect-ray): 
 submits one Ray task or actor call and waits for it, so Prefect keeps retries, names and states
 while Ray places the work.
 
-* ``connect`` joins ``--ray-address`` / $RAY_ADDRESS, reuses a Ray this process already
-  initialised, or starts a local one sized to the machine.
+* Which Ray (join a cluster, or a private local one) is tasks/ray_connect.py's.
 * Flow: ``flow_chunk`` runs ``engine.flow_stage.flow_for_chunk`` for one chunk as a Ray task
   (1 CPU, SPREAD over the nodes, OpenCV single-threaded so N tasks use N cores; Ray resubmits it
   when its worker or node dies).
@@ -25,7 +24,6 @@ them as one line.
 """
 from __future__ import annotations
 
-import json
 import logging
 import os
 import queue
@@ -34,14 +32,17 @@ import time
 from dataclasses import asdict, dataclass
 
 import ray
-from ray.exceptions import ObjectLostError, RayActorError, RayTaskError
+from ray.exceptions import NodeDiedError, ObjectLostError, RayActorError, RayTaskError, WorkerCrashedError
 
 from pipeline.errors import FilmstyleError
+
+from .ray_connect import cluster_nodes
 
 log = logging.getLogger("filmstyle.ray")
 
 DEFAULT_CPU_THREADS = int(os.environ.get("FILMSTYLE_ACTOR_THREADS", "1"))
-MAX_ATTEMPTS = 4  # actor calls per chunk before giving up (on top of Prefect's task retries)
+MAX_ATTEMPTS = 4  # actor calls (or flow tasks) per chunk before giving up (on top of Prefect's task retries)
+REPLACE_TIMEOUT_S = 120.0  # a replacement actor that cannot be placed by then is given up
 
 
 class WorkersLost(RuntimeError):
@@ -50,40 +51,6 @@ class WorkersLost(RuntimeError):
 
 class PoolClosed(WorkersLost):
     """The render is over (failed or done): its actors were stopped. Not worth a retry."""
-
-
-# ---------------------------------------------------------------- connecting
-
-
-def connect(address: str | None = None, *, num_cpus: int | None = None, verbose: bool = False) -> dict:
-    """Join ``address`` (or $RAY_ADDRESS), reuse this process's Ray, or start a local one.
-
-    $FILMSTYLE_RAY_RUNTIME_ENV (JSON, e.g. '{"working_dir": "."}') is passed as the job's
-    runtime_env when joining a cluster whose nodes do not have filmstyle installed.
-    """
-    if not ray.is_initialized():
-        address = address or os.environ.get("RAY_ADDRESS") or None
-        opts = dict(logging_level=logging.INFO if verbose else logging.WARNING, log_to_driver=verbose)
-        if address:
-            runtime_env = os.environ.get("FILMSTYLE_RAY_RUNTIME_ENV")
-            if runtime_env:
-                opts["runtime_env"] = json.loads(runtime_env)
-            ray.init(address=address, **opts)
-        else:
-            cores = num_cpus or (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count())
-            ray.init(num_cpus=cores, include_dashboard=False, **opts)
-    try:
-        gcs = ray.get_runtime_context().gcs_address
-    except Exception:  # Ray Client (ray://) has none
-        gcs = address or ""
-    return {"address": gcs, "nodes": len(cluster_nodes()),
-            "resources": {k: v for k, v in ray.cluster_resources().items() if k in ("CPU", "GPU")}}
-
-
-def cluster_nodes() -> list[dict]:
-    """Alive nodes with their CPU and GPU counts."""
-    return [{"id": n["NodeID"], "cpus": float(n["Resources"].get("CPU", 0)), "gpus": float(n["Resources"].get("GPU", 0))}
-            for n in ray.nodes() if n.get("Alive")]
 
 
 def node_id() -> str:
@@ -151,7 +118,7 @@ def release(job_uri: str) -> None:
 # ---------------------------------------------------------------- flow: Ray tasks
 
 
-@ray.remote(num_cpus=1, max_retries=3)
+@ray.remote(num_cpus=1, max_retries=0)  # re-run by flow_chunk, which says so
 def _flow_chunk(job, chunk_id: str) -> dict:
     import cv2
 
@@ -167,8 +134,17 @@ def _flow_chunk(job, chunk_id: str) -> dict:
 
 
 def flow_chunk(job_uri: str, chunk_id: str) -> dict:
-    """Compute (or find cached) the flow of one chunk on some node; returns counts and the node."""
-    return _get(_flow_chunk.options(scheduling_strategy="SPREAD").remote(_job_ref(job_uri), chunk_id))
+    """Compute (or find cached) the flow of one chunk on some node; returns counts, the node and the
+    attempts. A task whose worker or node dies runs again (up to MAX_ATTEMPTS), with one line each:
+    Ray's own retries would be silent, and the render's summary lists the chunks re-run."""
+    for attempt in range(1, MAX_ATTEMPTS + 1):
+        try:
+            out = _get(_flow_chunk.options(scheduling_strategy="SPREAD").remote(_job_ref(job_uri), chunk_id))
+            return {**out, "attempts": attempt}
+        except (WorkerCrashedError, NodeDiedError, ObjectLostError) as e:
+            if attempt == MAX_ATTEMPTS:
+                raise WorkersLost(f"flow of {chunk_id}: its worker died {MAX_ATTEMPTS} times ({type(e).__name__})") from e
+            log.warning("flow worker lost while computing %s (%s); running it again", chunk_id, type(e).__name__)
 
 
 # ---------------------------------------------------------------- stylize: actors
@@ -243,6 +219,7 @@ class StylizePool:
         self._pending = 0
         self._lock = threading.Lock()
         self._closed = False
+        self._threads: list[threading.Thread] = []  # replacement starters
         self.lost = 0  # actors lost (died, or their node did)
         self.retried: list[str] = []  # chunks re-run on another actor
         # retried chunks that the lost actor had committed before it died (found done, not re-rendered)
@@ -284,23 +261,38 @@ class StylizePool:
             missing = want - len(self._actors) - self._pending
             for _ in range(max(0, missing)):
                 self._pending += 1
-                threading.Thread(target=self._start_replacement, daemon=True).start()
+                t = threading.Thread(target=self._start_replacement, daemon=True)
+                self._threads.append(t)
+                t.start()
 
     def _start_replacement(self) -> None:
+        """Start one actor and wait (in short steps, so close() is never kept waiting) until it runs;
+        one that cannot be placed within REPLACE_TIMEOUT_S (its node is gone and no room is left) is
+        dropped. A thread blocked in ray.get at exit made the driver's core worker abort the process
+        (exit code 1 after a render that had finished)."""
         actor = self._new_actor()
-        try:
-            ray.get(actor.node.remote(), timeout=120)
-        except Exception:
-            ray.kill(actor)
-            actor = None
+        ref, deadline = actor.node.remote(), time.monotonic() + REPLACE_TIMEOUT_S
+        ready = []
+        while not ready and not self._closed and time.monotonic() < deadline:
+            ready, _ = ray.wait([ref], timeout=1.0)
+        ok = False
+        if ready:
+            try:
+                ray.get(ref)
+                ok = True
+            except Exception:
+                pass
         with self._lock:
             self._pending -= 1
-            if actor is not None and self._closed:
-                ray.kill(actor)
-            elif actor is not None:
+            if ok and not self._closed:
                 self._actors.append(actor)
                 self._idle.put(actor)
                 log.info("stylizer actor replaced")
+                return
+        try:
+            ray.kill(actor, no_restart=True)
+        except Exception:
+            pass
 
     def _acquire(self):
         while True:
@@ -353,6 +345,8 @@ class StylizePool:
         with self._lock:
             self._closed = True
             actors, self._actors = self._actors, []
+        for t in self._threads:  # they see _closed within a second
+            t.join(timeout=5.0)
         for a in actors:
             try:
                 ray.kill(a, no_restart=True)

@@ -77,7 +77,8 @@ def _s3(bucket, endpoint):
 
 
 def test_actor_pool_is_sized_from_the_cluster():
-    from tasks.ray_exec import cluster_nodes, plan_actors
+    from tasks.ray_connect import cluster_nodes
+    from tasks.ray_exec import plan_actors
 
     two = [{"id": "a", "cpus": 2.0, "gpus": 0.0}]
     assert (plan_actors(two).count, plan_actors(two).threads) == (2, 1)  # measured: 2 x 1 beats 1 x 2
