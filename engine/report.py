@@ -95,8 +95,9 @@ def summary_rows(rep: RenderReport, report_uri: str | None = None) -> list[tuple
             ("stages", stages)]
     if rep.flow:
         f = rep.flow
+        rerun = f"; re-run after a lost worker: {', '.join(f['chunks_rerun'])}" if f.get("chunks_rerun") else ""
         rows.append(("flow", f"{f['pairs']} pairs, {f['computed']} computed, {f['cache_hits']} from the cache "
-                             f"({f['cache']})"))
+                             f"({f['cache']}){rerun}"))
     elif rep.method:
         rows.append(("flow", "none (the method needs no optical flow)"))
     if rep.workers:
@@ -104,7 +105,8 @@ def summary_rows(rep: RenderReport, report_uri: str | None = None) -> list[tuple
         line = (f"{w.get('count')} {w.get('device')} worker(s) x {w.get('threads')} thread(s) on "
                 f"{len(w.get('nodes', [])) or 1} node(s)")
         if w.get("actors_lost"):
-            line += f"; {w['actors_lost']} lost, chunks re-run: {', '.join(w.get('chunks_retried', []))}"
+            line += (f"; {w['actors_lost']} lost with their worker or node, chunks re-run: "
+                     f"{', '.join(w.get('chunks_retried', []))}")
         rows.append(("workers", line))
     if report_uri:
         rows.append(("report", report_uri))

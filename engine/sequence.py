@@ -161,6 +161,7 @@ def _open(cfg: RenderConfig, ex: Executor, timer: StageTimer, *, with_style: boo
 def _flow(job: RenderJob, ex: Executor, progress: RenderProgress) -> tuple[dict, dict]:
     totals = {"pairs": 0, "computed": 0, "cached": 0}
     nodes: dict[str, str | None] = {}
+    rerun: list[str] = []  # chunks whose flow task ran again after its worker or node was lost
     ticker = Ticker(ex.log, "flow", len(job.plan.chunks), "chunks")
     progress.flow(0, len(job.plan.chunks))
 
@@ -168,11 +169,15 @@ def _flow(job: RenderJob, ex: Executor, progress: RenderProgress) -> tuple[dict,
         for k in totals:
             totals[k] += counts[k]
         nodes[chunk.id] = counts.get("node")
+        if counts.get("attempts", 1) > 1:
+            rerun.append(chunk.id)
         ticker.add(1)
         progress.flow(ticker.done, ticker.total)
 
     ex.flow(job, list(job.plan.chunks), done)
     report = flow_report(job, totals)
+    if rerun:
+        report["chunks_rerun"] = sorted(rerun)
     ex.log(f"flow: {report['pairs']} pairs, {report['computed']} computed, {report['cache_hits']} from the cache")
     return report, nodes
 
