@@ -1,4 +1,4 @@
-"""Ray execution for the Prefect engine: join or start Ray, flow tasks, the stylizer actor pool.
+"""Ray execution for the Prefect engine: flow tasks and the stylizer actor pool.
 
 Prefect tasks (tasks/render.py) call these functions directly (no prefect-ray): a Prefect task
 submits one Ray task or actor call and waits for it, so Prefect keeps retries, names and states
@@ -6,8 +6,8 @@ while Ray places the work.
 
 * Which Ray (join a cluster, or a private local one) is tasks/ray_connect.py's.
 * Flow: ``flow_chunk`` runs ``engine.flow_stage.flow_for_chunk`` for one chunk as a Ray task
-  (1 CPU, SPREAD over the nodes, OpenCV single-threaded so N tasks use N cores; Ray resubmits it
-  when its worker or node dies).
+  (1 CPU, SPREAD over the nodes, OpenCV single-threaded so N tasks use N cores); one whose worker
+  or node dies is run again by ``flow_chunk`` itself, with a warning line, not by Ray's silent retries.
 * Stylize: ``StylizePool`` holds ``StylizeActor``s, each loading the model once per job
   (``engine.chunks.ChunkWorker``). Its size comes from the cluster's resources: one actor per
   GPU; on CPU nodes one actor per ``threads`` cores (default 1 thread: on 2 cores, 2 actors x 1
