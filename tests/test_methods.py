@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from frames import all_frames
 
 from engine.config import RenderConfig
 from engine.local import render
@@ -52,10 +53,6 @@ def recurrent_style(tmp_path_factory):
     return str(save_style_model(tmp_path_factory.mktemp("rec") / "rec.safetensors", net, {"name": "rec"}))
 
 
-def _frames(path):
-    info = media.probe(str(path))
-    return np.stack(list(media.decode_frames(info, 0, info.frame_count)))
-
 
 def test_a_registered_method_is_a_render_method_with_flags_and_checked_options(tmp_path, clip, identity):
     from cli.args import config_from_args
@@ -82,7 +79,7 @@ def test_a_registered_method_is_a_render_method_with_flags_and_checked_options(t
     assert report.flow == {} and report.model_card == {"name": "identity"}  # no flow for a method without it
     info = media.probe(clip)
     src = np.stack(list(media.decode_frames(info, 0, info.frame_count, tuple(report.working_size))))
-    out = _frames(tmp_path / "id.mp4")
+    out = all_frames(tmp_path / "id.mp4")
     assert out.shape == src.shape and np.abs(out.astype(int) - src).mean() < 2.0  # x264 crf 0 in 4:2:0
 
 
@@ -101,7 +98,7 @@ def test_the_cli_loads_a_plug_in_named_in_the_environment_and_renders_with_it(tm
     assert proc.returncode == 0, proc.stderr
     report = json.loads(Path(f"{out}.report.json").read_text())
     assert report["method"] == "identity-test" and report["options"] == {"gain": 0.5}
-    assert _frames(out).mean() < 0.6 * _frames(clip).mean()  # the gain reached the frames
+    assert all_frames(out).mean() < 0.6 * all_frames(clip).mean()  # the gain reached the frames
 
     env["FILMSTYLE_METHODS"] = "no_such_plugin"
     proc = subprocess.run([sys.executable, "-m", "cli", "styles"], env=env, capture_output=True, text=True)
@@ -120,7 +117,7 @@ def test_both_executors_render_the_same_frames(tmp_path, clip, tiny_styles, recu
     local = render(RenderConfig(input=clip, output=str(tmp_path / "local.mp4"), style=style, **opts),
                    progress=False, log=None)
     ray = render_flow(clip, str(tmp_path / "ray.mp4"), style, opts)
-    assert np.array_equal(_frames(tmp_path / "local.mp4"), _frames(tmp_path / "ray.mp4")), method
+    assert np.array_equal(all_frames(tmp_path / "local.mp4"), all_frames(tmp_path / "ray.mp4")), method
     assert ray["engine"] == "prefect+ray" and local.engine == "local"
     assert ray["chunks"] == local.chunks == 6 and ray["options"] == local.options
     assert bool(ray["flow"]) == bool(local.flow) == METHODS[method].needs_flow  # flow only when needed

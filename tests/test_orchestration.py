@@ -19,13 +19,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from frames import all_frames
 
 from faulty_proxy import FaultyProxy
 from engine.config import RenderConfig
 from engine.job import plan_job
 from engine.local import render
 from engine.source import Source, prepare_source
-from pipeline import media
 from pipeline.errors import InputError
 from pipeline.storage import S3Config, S3Storage
 
@@ -47,10 +47,6 @@ def clip(demo_clip_factory):
     return demo_clip_factory(("astronaut", "coffee"), fps=FPS)
 
 
-def _frames(path):
-    info = media.probe(str(path))
-    return np.stack(list(media.decode_frames(info, 0, info.frame_count)))
-
 
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory, clip, styles):
@@ -61,7 +57,7 @@ def reference(tmp_path_factory, clip, styles):
         cfg = RenderConfig(input=clip, output=str(tmp / f"{i}.mp4"), style=style, cache_dir=str(tmp / "cache"),
                              **OPTS)
         render(cfg, progress=False, log=lambda m: None)
-        frames.append(_frames(tmp / f"{i}.mp4"))
+        frames.append(all_frames(tmp / f"{i}.mp4"))
     return frames
 
 
@@ -123,7 +119,7 @@ def test_render_flow_matches_the_local_engine(tmp_path, clip, styles, reference)
 
     out = tmp_path / "out.mp4"
     report = render_flow(clip, str(out), styles[0], _opts(tmp_path))
-    assert np.array_equal(_frames(out), reference[0])  # same frames as the in-process engine
+    assert np.array_equal(all_frames(out), reference[0])  # same frames as the in-process engine
     plan_ids = [c for c in report["chunk_nodes"]]
     assert report["engine"] == "prefect+ray" and report["chunks"] == 6 and len(plan_ids) == 6
     assert report["workers"]["count"] == 2 and report["workers"]["device"] == "cpu"
@@ -168,14 +164,14 @@ def test_s3_precompute_render_and_restyle(tmp_path, s3_server, s3_bucket, clip, 
     a = render_flow(src, f"s3://{s3_bucket}/out/a.mp4", styles[0], opts)
     assert a["flow"]["computed"] == 0 and a["flow"]["cache_hits"] == PAIRS
     store.get_file("out/a.mp4", str(tmp_path / "a.mp4"))
-    assert np.array_equal(_frames(tmp_path / "a.mp4"), reference[0])
+    assert np.array_equal(all_frames(tmp_path / "a.mp4"), reference[0])
     assert store.exists("out/a.mp4.report.json") and store.exists("out/a.mp4.preview.png")
     assert not store.list("out/.filmstyle/work/")  # the work folder lived beside the output, then went away
 
     b = restyle_flow(src, f"s3://{s3_bucket}/out/b.mp4", styles[1], opts)
     assert b["flow"]["computed"] == 0 and b["flow"]["cache_hits"] == b["flow"]["pairs"] == PAIRS
     store.get_file("out/b.mp4", str(tmp_path / "b.mp4"))
-    assert np.array_equal(_frames(tmp_path / "b.mp4"), reference[1])
+    assert np.array_equal(all_frames(tmp_path / "b.mp4"), reference[1])
     assert json.loads(store.get("out/b.mp4.report.json"))["style"] == styles[1]
 
 
@@ -193,7 +189,7 @@ def test_s3_render_survives_a_faulty_network(tmp_path, s3_server, s3_bucket, cli
     assert {"500", "503", "drop", "cut"} <= set(faults), faults
     assert report["flow"]["computed"] == PAIRS
     _s3(s3_bucket, s3_server).get_file("out/x.mp4", str(tmp_path / "x.mp4"))
-    assert np.array_equal(_frames(tmp_path / "x.mp4"), reference[0])
+    assert np.array_equal(all_frames(tmp_path / "x.mp4"), reference[0])
 
 
 def test_bad_s3_input_is_one_line_through_the_cli(tmp_path, s3_server, s3_bucket, styles, capsys):
@@ -303,7 +299,7 @@ def test_sigkilled_cli_render_resumes(tmp_path, shared_video, styles):
     render(RenderConfig(input=src, output=str(ref), style=styles[0], width=128, chunk_frames=8, crf=0,
                             method="flow-blend", threads=1, cache_dir=str(tmp_path / "ref-cache")),
              progress=False, log=lambda m: None)
-    assert np.array_equal(_frames(out), _frames(ref))
+    assert np.array_equal(all_frames(out), all_frames(ref))
 
 
 # ---------------------------------------------------------------- scheduled renders (server + work pool)
@@ -361,4 +357,4 @@ def test_render_deployment_runs_on_a_process_work_pool(tmp_path, clip, styles):
                                     **{**options, "cache_dir": str(tmp_path / "local-cache")}),
                      progress=False, log=lambda m: None)
     assert local.chunks == report["chunks"]
-    assert np.array_equal(_frames(out), _frames(tmp_path / "local.mp4"))
+    assert np.array_equal(all_frames(out), all_frames(tmp_path / "local.mp4"))

@@ -10,10 +10,10 @@ from fractions import Fraction
 
 import numpy as np
 import pytest
+from frames import all_frames
 
 from engine.config import RenderConfig
 from engine.local import render
-from pipeline import media
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("prefect_harness")]
 
@@ -32,17 +32,13 @@ def clip(demo_clip_factory):
     return demo_clip_factory(("astronaut", "coffee", "chelsea"), fps=FPS)
 
 
-def _frames(path):
-    info = media.probe(str(path))
-    return np.stack(list(media.decode_frames(info, 0, info.frame_count)))
-
 
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory, clip, style):
     tmp = tmp_path_factory.mktemp("reference")
     render(RenderConfig(input=clip, output=str(tmp / "ref.mp4"), style=style, cache_dir=str(tmp / "c"), **OPTS),
              progress=False, log=lambda m: None)
-    return _frames(tmp / "ref.mp4")
+    return all_frames(tmp / "ref.mp4")
 
 
 def test_render_spreads_chunks_over_the_worker_nodes(ray_cluster, tmp_path, clip, style, reference):
@@ -54,7 +50,7 @@ def test_render_spreads_chunks_over_the_worker_nodes(ray_cluster, tmp_path, clip
     assert len(report["chunk_nodes"]) == 12
     assert workers <= set(report["chunk_nodes"].values())  # both worker nodes rendered chunks
     assert workers <= set(report["flow_nodes"].values())  # and computed flow
-    assert np.array_equal(_frames(tmp_path / "out.mp4"), reference)
+    assert np.array_equal(all_frames(tmp_path / "out.mp4"), reference)
 
 
 def test_render_survives_losing_a_worker_node(ray_cluster, tmp_path, clip, style, reference):
@@ -85,4 +81,4 @@ def test_render_survives_losing_a_worker_node(ray_cluster, tmp_path, clip, style
     # before it went (then the retry finds it done and keeps that one commit).
     rerendered = set(report["workers"]["chunks_retried"]) - set(report["workers"]["retries_found_committed"])
     assert victim.node_id not in {report["chunk_nodes"][c] for c in rerendered}
-    assert np.array_equal(_frames(tmp_path / "out.mp4"), reference)
+    assert np.array_equal(all_frames(tmp_path / "out.mp4"), reference)

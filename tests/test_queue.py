@@ -17,19 +17,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from frames import all_frames
 
 from engine.config import RenderConfig
 from engine.local import render
-from pipeline import media
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("ray_local")]
 BIN = Path(sys.executable).parent
 OPTS = {"width": 96, "chunk_frames": 8, "crf": 0, "method": "flow-blend"}
 
-
-def _frames(path):
-    info = media.probe(str(path))
-    return np.stack(list(media.decode_frames(info, 0, info.frame_count)))
 
 
 def _free_port() -> int:
@@ -147,7 +143,7 @@ def test_submit_queue_cancel_resubmit_on_a_real_server(tmp_path, server, demo_cl
                 ref = tmp_path / f"ref{i}{j}.mp4"
                 render(RenderConfig(input=str(films / f"film{i}.mp4"), output=str(ref), style=style_path,
                                     cache_dir=str(tmp_path / "ref-cache"), **OPTS), progress=False, log=lambda m: None)
-                assert np.array_equal(_frames(got), _frames(ref))
+                assert np.array_equal(all_frames(got), all_frames(ref))
 
         # A fifth render cancelled mid-way, then submitted again: it resumes from its committed chunks.
         long_args = ["submit", str(films / "long.mp4"), "--style", "starry_night", "--method", "per-frame",

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from frames import all_frames
 
 pytestmark = pytest.mark.slow
 
@@ -139,12 +140,6 @@ def test_auto_without_a_cluster_here_is_one_line(tmp_path, demo_clip_factory, ti
     assert "no Ray cluster started by `ray start` runs on this machine" in _one_line_error(proc) and took < 60
 
 
-def _frames(path):
-    from pipeline import media
-
-    info = media.probe(str(path))
-    return np.stack(list(media.decode_frames(info, 0, info.frame_count)))
-
 
 def test_two_nodes_share_a_render_and_it_survives_losing_one(token_head, tmp_path, demo_clip_factory, tiny_styles):
     """The walkthrough of docs/orchestration.md: a second node joins the head with `ray start
@@ -166,14 +161,14 @@ def test_two_nodes_share_a_render_and_it_survives_losing_one(token_head, tmp_pat
 
         proc, _ = _cli(args("ref.mp4", "--engine", "local"), env)
         assert proc.returncode == 0, proc.stderr[-3000:]
-        reference = _frames(tmp_path / "ref.mp4")
+        reference = all_frames(tmp_path / "ref.mp4")
 
         proc, _ = _cli(args("a.mp4", "--ray-address", token_head["address"]), env)
         assert proc.returncode == 0, proc.stderr[-3000:]
         report = json.loads((tmp_path / "a.mp4.report.json").read_text())
         assert len(report["chunk_nodes"]) == 12 and len(set(report["chunk_nodes"].values())) == 2
         assert "2 cpu worker(s) x 1 thread(s) on 2 node(s)" in proc.stdout
-        assert np.array_equal(_frames(tmp_path / "a.mp4"), reference)
+        assert np.array_equal(all_frames(tmp_path / "a.mp4"), reference)
 
         work = tmp_path / "work"
         render = subprocess.Popen([sys.executable, "-m", "cli", *args("b.mp4", "--ray-address", token_head["address"],
@@ -193,6 +188,6 @@ def test_two_nodes_share_a_render_and_it_survives_losing_one(token_head, tmp_pat
         assert "Traceback" not in err and "raylet" not in err.lower(), err[-3000:]
         report = json.loads((tmp_path / "b.mp4.report.json").read_text())
         assert report["workers"]["actors_lost"] >= 1 and report["workers"]["chunks_retried"]
-        assert np.array_equal(_frames(tmp_path / "b.mp4"), reference)
+        assert np.array_equal(all_frames(tmp_path / "b.mp4"), reference)
     finally:
         _kill_processes_of(node)
