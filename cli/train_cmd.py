@@ -44,6 +44,9 @@ def add_commands(sub) -> None:
     p.add_argument("--lr", type=float, default=None, help="Adam learning rate (default: 1e-3, video phase 2e-4)")
     p.add_argument("--lr-warmup", type=int, default=None, metavar="STEPS",
                    help="ramp the learning rate up over the first STEPS steps (image phase; default 200)")
+    p.add_argument("--lr-decay", default=None, choices=["constant", "cosine"],
+                   help="constant, or cosine: the rate falls to 0 over the steps after warm-up (image phase; "
+                        "default constant)")
     p.add_argument("--grad-clip", type=float, default=None, metavar="NORM",
                    help="clip the global gradient norm; 0: off (default: 100 image phase, off video phase)")
     p.add_argument("--content-weight", type=float, default=None)
@@ -125,7 +128,7 @@ def cmd_train(args) -> int:
                       checkpoint_every_s=args.checkpoint_every, checkpoint_every_steps=args.checkpoint_every_steps,
                       vgg=args.vgg, device=resolve_device(args.device), init=args.init)
     for name in ("norm", "steps", "batch_size", "image_size", "style_size", "lr", "content_weight", "style_weight",
-                 "tv_weight", "tone_weight", "grad_clip", "lr_warmup"):
+                 "tv_weight", "tone_weight", "grad_clip", "lr_warmup", "lr_decay"):
         if getattr(args, name) is not None:  # else the recipe's default (models/train.py)
             setattr(cfg, name, getattr(args, name))
     path = train(cfg, restart=args.restart, progress=not args.quiet, log=lambda m: print(m, file=sys.stderr))

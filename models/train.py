@@ -52,6 +52,8 @@ class TrainConfig:
     # (norm ~7000, style loss 16) and full-rate Adam steps killed every ReLU within 50 steps,
     # with two seeds (a flat output; see Run's collapse guard)
     lr_warmup: int = 200
+    # "constant" (the shipped nets) or "cosine": the rate falls to 0 over the steps after warm-up
+    lr_decay: str = "constant"
     # max global gradient norm (0: off): a guard against spikes. Typical norms are 40-130 with
     # the relative losses; a run at content weight 1 without it blew up at step ~450.
     grad_clip: float = 100.0
@@ -134,7 +136,7 @@ def train(cfg: TrainConfig, *, restart: bool = False, progress: bool = True, log
         identity["init"] = file_digest(cfg.init)
     run = Run(out, net, opt, gen, identity, restart=restart, log=log,
               every_s=cfg.checkpoint_every_s, every_steps=cfg.checkpoint_every_steps,
-              grad_clip=cfg.grad_clip, lr_warmup=cfg.lr_warmup)
+              grad_clip=cfg.grad_clip, lr_warmup=cfg.lr_warmup, lr_decay=cfg.lr_decay, total_steps=cfg.steps)
 
     photos = torch.stack([center_crop(load_rgb(p), cfg.image_size) for p in files[:3]]).to(device)
     samples_path = out.with_name(out.stem + ".samples.png")

@@ -10,6 +10,7 @@ fields every phase records.
 from __future__ import annotations
 
 import json
+import math
 import os
 import time
 from datetime import datetime, timezone
@@ -114,9 +115,13 @@ class Run:
     FLAT = 1e-3  # average spatial std of the output (pixels in [0, 1]) below which it is flat
 
     def __init__(self, out: Path, net, opt, gen: torch.Generator, identity: dict, *, restart: bool, log,
-                 every_s: float, every_steps: int, grad_clip: float = 0.0, lr_warmup: int = 0):
+                 every_s: float, every_steps: int, grad_clip: float = 0.0, lr_warmup: int = 0,
+                 lr_decay: str = "constant", total_steps: int = 0):
+        if lr_decay not in LR_DECAYS:
+            raise InputError(f"unknown learning-rate decay {lr_decay!r}; choose from {', '.join(LR_DECAYS)}")
         self.net, self.opt, self.gen, self.identity = net, opt, gen, identity
         self.grad_clip, self.lr_warmup = grad_clip, lr_warmup
+        self.lr_decay, self.total_steps = lr_decay, total_steps
         self.every_s, self.every_steps = every_s, every_steps
         self.state_path = _state_path(out)
         self.step, self.history = 0, {"elapsed_s": 0.0, "ema": {}}
@@ -159,9 +164,9 @@ class Run:
         # The norm is tracked always (it is the first sign of a run going unstable), clipped when asked.
         norm = torch.nn.utils.clip_grad_norm_(self.net.parameters(), self.grad_clip or float("inf"))
         terms = dict(terms, grad_norm=norm)
-        # Warm-up scales the rate for this step only: the groups keep the real rate (which a
-        # rollback halves and a checkpoint saves).
-        ramp = min(1.0, (self.step + 1) / self.lr_warmup) if self.lr_warmup else 1.0
+        # Warm-up and decay scale the rate for this step only: the groups keep the real rate (which
+        # a rollback halves and a checkpoint saves).
+        ramp = lr_factor(self.step, self.lr_warmup, self.total_steps, self.lr_decay)
         rates = [g["lr"] for g in self.opt.param_groups]
         for g in self.opt.param_groups:
             g["lr"] *= ramp
@@ -216,6 +221,21 @@ class Run:
                                                   "new_lr": lr}]
         self.log(f"loss diverged at step {at} (average {ema:.3g}): back to step {self.step}, learning rate {lr:g}")
         self.checkpoint()  # the lower rate survives a restart
+
+
+LR_DECAYS = ("constant", "cosine")
+
+
+def lr_factor(step: int, warmup: int, total: int, decay: str) -> float:
+    """The share of the learning rate used at (0-based) ``step``: a linear ramp over ``warmup``
+    steps, then either constant or a cosine from 1 to 0 over the remaining steps up to ``total``
+    (Loshchilov & Hutter's schedule without restarts: the last steps take small moves that settle
+    the weights instead of leaving them wherever the last full-rate step threw them)."""
+    ramp = min(1.0, (step + 1) / warmup) if warmup else 1.0
+    if decay == "cosine" and total > warmup:
+        t = min(1.0, max(0.0, (step - warmup) / (total - warmup)))
+        ramp *= 0.5 * (1.0 + math.cos(math.pi * t))
+    return ramp
 
 
 # ---------------------------------------------------------------- setup and records

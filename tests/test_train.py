@@ -195,6 +195,31 @@ def test_learning_rate_warms_up_linearly_and_the_real_rate_is_kept(tmp_path):
     assert moves == [0.025, 0.05, 0.075, 0.1, 0.1, 0.1]
 
 
+def test_cosine_decay_follows_the_warm_up_and_falls_to_nearly_zero_by_the_last_step(tmp_path):
+    import torch
+
+    from models.train_run import Run, lr_factor
+
+    w = torch.nn.Parameter(torch.zeros(1))
+    opt = torch.optim.SGD([w], lr=0.1)
+    run = Run(tmp_path / "w.safetensors", torch.nn.ParameterList([w]), opt, torch.Generator(), {}, restart=True,
+              log=lambda m: None, every_s=1e9, every_steps=0, lr_warmup=2, lr_decay="cosine", total_steps=6)
+    run.start_clock()
+    moves = []
+    for _ in range(6):
+        before = w.item()
+        loss = -w.sum()
+        run.update({"l": loss}, loss, _Bar())
+        moves.append(round(w.item() - before, 6))
+        assert opt.param_groups[0]["lr"] == 0.1
+    # ramp 0.5, 1; then cos over 4 steps: 1, 0.854, 0.5, 0.146
+    assert moves == [0.05, 0.1, 0.1, 0.085355, 0.05, 0.014645]
+    assert [lr_factor(s, 0, 10, "constant") for s in (0, 9)] == [1.0, 1.0]
+    with pytest.raises(Exception, match="learning-rate decay"):
+        Run(tmp_path / "x.safetensors", torch.nn.ParameterList([w]), opt, torch.Generator(), {}, restart=True,
+            log=lambda m: None, every_s=1e9, every_steps=0, lr_decay="step")
+
+
 def test_a_net_whose_output_goes_flat_stops_with_an_error(tmp_path):
     import torch
 
