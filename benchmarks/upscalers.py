@@ -94,9 +94,9 @@ def main() -> None:
             for name in names:
                 n = args.slow_frames if name == "realesrgan-x4plus" else args.frames
                 up = make_upscaler(name, device=device)
-                up(stylized[:1], size)  # warm-up: weights, first-call allocation
+                up(stylized[:1], size, guide=source[:1])  # warm-up: weights, first-call allocation
                 t = time.perf_counter()
-                out = up(stylized[:n], size)
+                out = up(stylized[:n], size, guide=source[:n])
                 per_frame = (time.perf_counter() - t) / n
                 corr, sharp = edge_scores(out, source[:n])
                 we = warping_error(list(out), flows[:n - 1])["mean"] if n > 1 else float("nan")

@@ -13,6 +13,7 @@ def add_render_options(p: argparse.ArgumentParser, *, method_default: str, metho
                        style_required: bool = False, io: bool = True) -> None:
     """The options of a render; ``io``: also IN, -o OUT and --style (``submit`` has its own)."""
     from engine.config import DEFAULT_STYLE, RenderConfig
+    from pipeline.delivery import CODEC_NAMES, COLOR_NAMES
     from pipeline.device import PRECISIONS
     import models.upscalers  # noqa: F401  (registers the learned upscalers)
     from pipeline.upscale import UPSCALERS
@@ -21,7 +22,8 @@ def add_render_options(p: argparse.ArgumentParser, *, method_default: str, metho
     if io:
         p.add_argument("input", metavar="IN", help="input video file or s3:// URI")
         p.add_argument("-o", "--output", required=True, metavar="OUT",
-                       help="output video (.mp4, .mkv, .mov), a path or s3:// URI")
+                       help="output video (.mp4, .mkv, .mov), or a folder for --codec png/tiff/exr; a path "
+                            "or s3:// URI")
         p.add_argument("--style", default=None if style_required else DEFAULT_STYLE, required=style_required,
                        metavar="NAME_OR_PATH",
                        help="shipped style name (see 'filmstyle styles') or a .safetensors checkpoint"
@@ -38,8 +40,19 @@ def add_render_options(p: argparse.ArgumentParser, *, method_default: str, metho
     p.add_argument("--upscaler", default=d.upscaler, choices=sorted(UPSCALERS), help="working -> delivery resize")
     p.add_argument("--chunk-frames", type=positive_int, default=d.chunk_frames, metavar="N",
                    help=f"most frames per chunk (default: {d.chunk_frames})")
-    p.add_argument("--crf", type=int, default=d.crf, help=f"x264 quality, lower is better (default: {d.crf})")
-    p.add_argument("--preset", default=d.preset, help=f"x264 preset (default: {d.preset})")
+    p.add_argument("--codec", default=d.codec, choices=list(CODEC_NAMES),
+                   help="h264 or h265 (.mp4 .mkv .mov), prores (422 HQ, .mov), ffv1 (lossless, .mkv), or a folder "
+                        f"of numbered png, tiff or exr images with the audio as WAV (default: {d.codec})")
+    p.add_argument("--bit-depth", type=int, default=None, choices=[8, 10, 16, 32],
+                   help="bits per sample where the codec allows: h264/h265 8|10, prores 10, ffv1 8|10|16, png/tiff "
+                        "8|16, exr 16 (half) | 32 (float) (default: 8 for h264/h265, 10 for prores/ffv1, 16 for "
+                        "images)")
+    p.add_argument("--color", default=d.color, choices=list(COLOR_NAMES),
+                   help="source: the film's own colour tags, nothing converted; bt709 or bt2020: converted "
+                        f"to those primaries and tagged so (default: {d.color})")
+    p.add_argument("--crf", type=int, default=d.crf,
+                   help=f"h264/h265 quality, lower is better (default: {d.crf})")
+    p.add_argument("--preset", default=d.preset, help=f"h264/h265 preset (default: {d.preset})")
     add_device_option(p)
     p.add_argument("--precision", default=None, choices=list(PRECISIONS),
                    help="network arithmetic (default: fp32 on a CPU, where bf16 is faster only with AVX-512 "

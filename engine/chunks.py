@@ -20,6 +20,7 @@ import numpy as np
 
 from pipeline import media
 from pipeline.carry import CarryState
+from pipeline.delivery import Delivery
 from pipeline.flow import CachedFlowSource, FlowCache
 from pipeline.plan import Chunk, RenderPlan
 from pipeline.storage import LocalStorage, Storage, StorageError
@@ -41,7 +42,7 @@ def chunk_flow_source(cache: FlowCache, backend, frames: np.ndarray, chunk: Chun
 
 
 def render_chunk(plan: RenderPlan, chunk: Chunk, source: Source, stylizer, state: CarryState | None,
-                 segment: Path, *, out_size: tuple[int, int], upscaler, crf: int, preset: str,
+                 segment: Path, *, out_size: tuple[int, int], upscaler, delivery: Delivery,
                  timer: StageTimer, flow: tuple[FlowCache, object] | None = None, on_frames=None) -> CarryState:
     """Decode, stylize, upscale and encode one chunk to ``segment``; return the carry-out state.
 
@@ -53,10 +54,15 @@ def render_chunk(plan: RenderPlan, chunk: Chunk, source: Source, stylizer, state
     flow_source = chunk_flow_source(*flow, frames, chunk, state) if flow else None
     with timer("stylize"):
         out, state = stylizer.stylize(frames, chunk.start, state, flow=flow_source)
+    guide = None
+    if upscaler.needs_guide and tuple(out_size) != tuple(plan.working_size):
+        with timer("decode"):  # the film at the delivery size, for an upscaler guided by it
+            guide = np.stack(list(media.decode_frames(source.info, chunk.start, chunk.end, out_size,
+                                                      chunk_hint=chunk.length)))
     with timer("upscale"):
-        out = upscaler(out, out_size)
+        out = upscaler(out, out_size, guide=guide)
     with timer("encode"):
-        with media.SegmentWriter(segment, plan.fps, out_size, crf=crf, preset=preset) as writer:
+        with media.SegmentWriter(segment, plan.fps, out_size, delivery=delivery, source=source.info) as writer:
             writer.write(out)
     if on_frames:
         on_frames(chunk.length)
@@ -71,12 +77,12 @@ class ChunkStore:
     marker records, so a render killed at any point resumes without recomputing committed chunks.
     """
 
-    def __init__(self, storage: Storage | str | os.PathLike):
+    def __init__(self, storage: Storage | str | os.PathLike, suffix: str = ".mp4"):
         self.storage = storage if isinstance(storage, Storage) else LocalStorage(os.fspath(storage))
+        self.suffix = suffix  # the segments' container (pipeline.delivery)
 
-    @staticmethod
-    def segment_key(chunk: Chunk) -> str:
-        return f"segments/{chunk.id}.mp4"
+    def segment_key(self, chunk: Chunk) -> str:
+        return f"segments/{chunk.id}{self.suffix}"
 
     @staticmethod
     def state_key(chunk: Chunk) -> str:
@@ -156,7 +162,7 @@ class ChunkStore:
             key = self.segment_key(chunk)
             local = self.storage.local_path(key)
             if local is None:
-                local = os.path.join(folder, f"{chunk.id}.mp4")
+                local = os.path.join(folder, f"{chunk.id}{self.suffix}")
                 try:
                     self.storage.get_file(key, local)
                 except KeyError:
@@ -166,7 +172,7 @@ class ChunkStore:
 
 
 def chunk_store(job: RenderJob) -> ChunkStore:
-    return ChunkStore(job.work())
+    return ChunkStore(job.work(), job.cfg.delivery().segment_suffix)
 
 
 class ChunkWorker:
@@ -205,11 +211,11 @@ class ChunkWorker:
         t0 = time.perf_counter()
         target = self.store.segment_target(chunk)
         with (nullcontext(None) if target else tempfile.TemporaryDirectory(prefix="filmstyle-seg-")) as tmp:
-            segment = target or Path(tmp) / f"{chunk.id}.mp4"
+            segment = target or Path(tmp) / f"{chunk.id}{self.store.suffix}"
             job = self.job
             state = render_chunk(job.plan, chunk, self.source, self.stylizer, state, segment,
-                                 out_size=job.out_size, upscaler=self.upscaler, crf=job.cfg.crf,
-                                 preset=job.cfg.preset, timer=timer, flow=self.flow, on_frames=on_frames)
+                                 out_size=job.out_size, upscaler=self.upscaler, delivery=job.cfg.delivery(),
+                                 timer=timer, flow=self.flow, on_frames=on_frames)
             info = {"seconds": round(time.perf_counter() - t0, 3), **(meta or {})}
             with timer("commit"):
                 self.store.commit(chunk, segment, state, info)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import asdict, dataclass, field
 
+from pipeline.delivery import Delivery
 from pipeline.errors import InputError
 from pipeline.shots import ShotParams
 from pipeline.storage import S3Config
@@ -34,6 +35,9 @@ class RenderConfig:
     upscaler: str = "lanczos"
     crf: int = 18
     preset: str = "medium"
+    codec: str = "h264"  # pipeline.delivery: h264 h265 prores ffv1, or png tiff exr (a folder of images)
+    bit_depth: int | None = None  # None: the codec's default
+    color: str = "source"  # source (the film's own tags), bt709 or bt2020 (converted)
     device: str = "auto"  # auto | cpu | cuda[:N], resolved where the work runs
     precision: str | None = None  # fp32 | bf16 | fp16; None: the device's default
     batch: int | None = None  # frames per net call; None: the device's default
@@ -54,6 +58,11 @@ class RenderConfig:
     s3_region: str | None = None
     s3_profile: str | None = None
     s3_checksum: str | None = None  # when_required | when_supported
+
+    def delivery(self) -> Delivery:
+        """What the render writes (one clear error for a codec, depth or colour it cannot)."""
+        return Delivery(codec=self.codec, bit_depth=self.bit_depth, color=self.color, crf=self.crf,
+                        preset=self.preset)
 
     def shot_params(self) -> ShotParams:
         return ShotParams(detector=self.detector, threshold=self.threshold, min_shot_frames=self.min_shot_frames)

@@ -33,6 +33,7 @@ def work_key(source: Source, params: dict, needs_flow: bool, cfg: RenderConfig, 
     output = cfg.output if is_remote(cfg.output) else os.path.abspath(split_uri(cfg.output)[1])
     spec = {"source": source.hash, "output": output, "stylizer": params, "width": cfg.width,
             "out": list(out_size), "chunk": cfg.chunk_frames, "crf": cfg.crf, "preset": cfg.preset,
+            "delivery": cfg.delivery().to_dict(),
             "upscaler": cfg.upscaler, "shots": asdict(cfg.shot_params())}
     if needs_flow:
         spec["flow"] = {"backend": cfg.flow_backend, **cfg.flow_backend_params(), "soft": cfg.soft_mask}

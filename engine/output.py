@@ -9,7 +9,9 @@ from pathlib import Path
 import numpy as np
 
 from pipeline import media
+from pipeline.delivery import SEQUENCE_MANIFEST
 from pipeline.errors import OutputError
+from pipeline.image_sequence import write_sequence
 from pipeline.storage import clear, open_object
 
 from .chunks import chunk_store
@@ -33,18 +35,34 @@ def contact_strip(video: str, count: int = 4, height: int = 120) -> bytes:
 
 def assemble_output(job: RenderJob, *, preview: bool = True) -> str | None:
     """Concatenate the segments, mux the source's audio and subtitles, write the output (atomically,
-    local or s3://) and its preview PNG beside it. Returns the preview's URI (or None)."""
+    local or s3://) and its preview PNG beside it. Returns the preview's URI (or None).
+
+    An image-sequence delivery (png, tiff, exr) writes its folder of images, WAVs and manifest
+    (``pipeline.image_sequence``) from the concatenated lossless segments instead."""
     src = node_source(job)
     store = chunk_store(job)
+    delivery = job.cfg.delivery()
     out_store, out_key = open_object(job.output_uri, job.s3)
     local_out = out_store.local_path(out_key)
     with tempfile.TemporaryDirectory(prefix="filmstyle-assemble-") as tmp:
         segments = store.fetch_segments(job.plan.chunks, tmp)
-        target = local_out or os.path.join(tmp, f"output{Path(out_key).suffix}")
-        media.assemble(segments, target, source=src.info, fps=src.info.fps)
-        png = contact_strip(target) if preview else None
-        if local_out is None:
-            out_store.put_file(out_key, target)
+        if delivery.sequence:
+            video = os.path.join(tmp, "sequence.mkv")
+            media.assemble(segments, video, source=None, fps=src.info.fps, audio=False, subtitles=False)
+            folder = local_out or os.path.join(tmp, Path(out_key).name)
+            write_sequence(video, folder, source=src.info, delivery=delivery, fps=src.info.fps,
+                           frames=job.plan.frame_count)
+            png = contact_strip(video) if preview else None
+            if local_out is None:  # the manifest last: a reader that finds it finds every file
+                names = sorted(os.listdir(folder), key=lambda n: n == SEQUENCE_MANIFEST)
+                for name in names:
+                    out_store.put_file(f"{out_key.rstrip('/')}/{name}", os.path.join(folder, name))
+        else:
+            target = local_out or os.path.join(tmp, f"output{Path(out_key).suffix}")
+            media.assemble(segments, target, source=src.info, fps=src.info.fps)
+            png = contact_strip(target) if preview else None
+            if local_out is None:
+                out_store.put_file(out_key, target)
     if png is None:
         return None
     out_store.put(f"{out_key}.preview.png", png)

@@ -97,7 +97,7 @@ def check(cfg: RenderConfig, *, output: bool = True, style: bool = True) -> Path
     if style:
         validate_options(cfg.method, cfg.options)
     if output:
-        check_output(cfg.output, cfg.input, s3)
+        check_output(cfg.output, cfg.input, s3, cfg.delivery())
     if style:  # builds the method on the CPU: a corrupt or foreign checkpoint fails here
         style_path = resolve_style(cfg.style, cfg.method)
         make_method(cfg.method, style_path, dataclasses.replace(run_settings(cfg, "cpu"), precision="fp32"),

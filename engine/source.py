@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pipeline import media
+from pipeline.delivery import SEQUENCE_MANIFEST, Delivery
 from pipeline.errors import InputError, OutputError
 from pipeline.hashing import file_hash
 from pipeline.jsonfile import read_json_dict, write_json_atomic
@@ -26,7 +27,6 @@ from pipeline.paths import cache_root
 from pipeline.shots import ShotParams, detect_shots
 from pipeline.storage import S3Config, StorageError, is_remote, open_object, split_uri
 
-OUTPUT_SUFFIXES = (".mp4", ".mkv", ".mov", ".m4v")
 
 
 @dataclass
@@ -144,20 +144,24 @@ def node_file(uri: str, content_hash: str, s3: S3Config | None = None, cache_dir
     return str(final)
 
 
-def check_output(output: str, input_path: str, s3: S3Config | None = None) -> str:
-    """Fail before any work if the output cannot be written. Returns the output path or URI."""
+def check_output(output: str, input_path: str, s3: S3Config | None = None,
+                 delivery: Delivery | None = None) -> str:
+    """Fail before any work if the output cannot be written. Returns the output path or URI.
+
+    ``delivery``: the codec decides whether OUT is a video file (its suffix must fit) or a folder
+    of images (which may exist only as an earlier image-sequence render of filmstyle's)."""
+    delivery = delivery or Delivery()
+    try:
+        delivery.check_output(output)
+    except InputError as e:
+        raise OutputError(str(e)) from None
     if is_remote(output):
         store, key = open_object(output, s3)
-        if Path(key).suffix.lower() not in OUTPUT_SUFFIXES:
-            raise OutputError(f"{output}: unsupported output type {Path(key).suffix or '(none)'}; "
-                              f"use {', '.join(OUTPUT_SUFFIXES)}")
         if output.rstrip("/") == str(input_path).rstrip("/"):
             raise OutputError(f"{output}: output would overwrite the input")
         store.exists(key)  # a missing bucket or refused credentials fail here, in one line
         return output
     out = Path(split_uri(output)[1])
-    if out.suffix.lower() not in OUTPUT_SUFFIXES:
-        raise OutputError(f"{out}: unsupported output type {out.suffix or '(none)'}; use {', '.join(OUTPUT_SUFFIXES)}")
     parent = out.parent if str(out.parent) else Path(".")
     if not parent.is_dir():
         raise OutputError(f"{out}: output directory {parent} does not exist")
@@ -165,7 +169,13 @@ def check_output(output: str, input_path: str, s3: S3Config | None = None) -> st
         tempfile.TemporaryFile(dir=parent).close()
     except OSError as e:
         raise OutputError(f"{out}: output directory {parent} is not writable ({e.strerror})") from None
-    if out.exists() and out.is_dir():
+    if delivery.sequence:
+        if out.exists() and not out.is_dir():
+            raise OutputError(f"{out}: is a file; --codec {delivery.codec} writes a folder")
+        if out.is_dir() and any(out.iterdir()) and not (out / SEQUENCE_MANIFEST).is_file():
+            raise OutputError(f"{out}: folder is not empty and holds no earlier filmstyle image sequence "
+                              f"({SEQUENCE_MANIFEST}); give a new or empty folder")
+    elif out.exists() and out.is_dir():
         raise OutputError(f"{out}: is a directory")
     if not is_remote(str(input_path)) and Path(input_path).exists() and out.exists() \
             and out.resolve() == Path(input_path).resolve():

@@ -129,6 +129,7 @@ class LearnedUpscaler:
 
     model = ""
     enlarges_only = True  # a super-resolution net has nothing to add to a smaller delivery size
+    needs_guide = False
 
     def __init__(self, *, device: str = "cpu", tile: int | None = None, **options):
         if options:
@@ -160,7 +161,7 @@ class LearnedUpscaler:
                                                                (x0 - xa) * s:(x1 - xa) * s]
         return out
 
-    def __call__(self, frames: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    def __call__(self, frames: np.ndarray, size: tuple[int, int], guide: np.ndarray | None = None) -> np.ndarray:
         w, h = size
         if frames.shape[1:3] == (h, w):
             return frames

@@ -242,34 +242,40 @@ def _rgb_scale(info, size: tuple[int, int]) -> str:
 SEGMENT_FORMATS = {".mp4": "mp4", ".mov": "mov", ".m4v": "mp4", ".mkv": "matroska", ".ts": "mpegts"}
 
 
-def encode_cmd(path: str, fps: Fraction, size: tuple[int, int], *, codec: str, crf: int,
-               preset: str, pix_fmt: str, gop: int | None, threads: int | None,
-               extra_args: Sequence[str] = ()) -> list[str]:
-    """rawvideo rgb24 on stdin -> one segment with fixed, concat-safe settings.
+def encode_cmd(path: str, fps: Fraction, size: tuple[int, int], delivery, info=None, *, gop: int | None = None,
+               threads: int | None = None, extra_args: Sequence[str] = ()) -> list[str]:
+    """rawvideo rgb24 (rgb48le for a delivery deeper than 8 bits) on stdin -> one segment of ``delivery`` (``pipeline.delivery``) with fixed,
+    concat-safe settings.
 
-    RGB -> YCbCr is BT.709 limited range, and the frames are tagged so
-    (ffmpeg >= 7 takes the encoder's colour tags from the frames).
+    The frames are in the source's (``info``'s) primaries and transfer; they are converted to the
+    delivery's colour when it differs, then to YCbCr with the output's matrix in limited range (or
+    kept RGB, full range, for lossless image-sequence segments) and tagged so (ffmpeg >= 7 takes the
+    encoder's colour tags from the frames).
     """
     fmt = SEGMENT_FORMATS.get(os.path.splitext(path)[1].lower(), "mp4")
+    tags, pix_fmt = delivery.tags(info), delivery.segment_pix_fmt
+    rgb = delivery.sequence
+    rng = "pc" if rgb else "tv"
     vf = build_graph(
-        "scale=flags=bicubic+accurate_rnd+full_chroma_int:in_range=pc"
-        ":out_color_matrix=bt709:out_range=tv",
+        delivery.convert_filter(info),
+        "" if rgb else ("scale=flags=bicubic+accurate_rnd+full_chroma_int:in_range=pc"
+                        f":out_color_matrix={delivery.out_matrix(info)}:out_range=tv"),
         f"format={pix_fmt}",
-        "setparams=colorspace=bt709:color_primaries=bt709:color_trc=bt709:range=tv")
-    opts = {"c:v": codec, "pix_fmt": pix_fmt, "an": None, "format": fmt, "vf": vf,
-            "colorspace": "bt709", "color_primaries": "bt709", "color_trc": "bt709",
-            "color_range": "tv", "fps_mode": "cfr", "r": rational(fps),
-            "flags": "+cgop"}  # closed GOPs: every segment decodes on its own
-    if codec in ("libx264", "libx265"):
-        opts.update(crf=crf, preset=preset)
+        f"setparams=colorspace={'gbr' if rgb else tags.matrix}:color_primaries={tags.primaries}"
+        f":color_trc={tags.transfer}:range={rng}")
+    encoder, codec_opts = delivery.segment_encoder()
+    opts = {"c:v": encoder, "pix_fmt": pix_fmt, "an": None, "format": fmt, "vf": vf,
+            "colorspace": "rgb" if rgb else tags.matrix, "color_primaries": tags.primaries,
+            "color_trc": tags.transfer, "color_range": rng, "fps_mode": "cfr", "r": rational(fps),
+            "flags": "+cgop", **codec_opts}  # closed GOPs: every segment decodes on its own
     if gop:
         opts["g"] = gop
     if threads:
         opts["threads"] = threads
     if fmt in ("mp4", "mov"):
         opts["video_track_timescale"] = track_timescale(fps)
-    out = ffmpeg.input("pipe:", format="rawvideo", pix_fmt="rgb24", s=size_arg(size),
-                       framerate=rational(fps)).output(path, **opts)
+    out = ffmpeg.input("pipe:", format="rawvideo", pix_fmt="rgb48le" if delivery.depth > 8 else "rgb24",
+                       s=size_arg(size), framerate=rational(fps)).output(path, **opts)
     cmd = build_cmd(out)
     cmd[-1:-1] = list(extra_args)  # just before the output file name
     return cmd

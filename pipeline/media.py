@@ -27,6 +27,7 @@ import av
 import numpy as np
 
 from pipeline import ffmpeg_tools as ft
+from pipeline.delivery import Delivery
 from pipeline.errors import FilmstyleError, InputError, OutputError
 from pipeline.ffmpeg_tools import ffmpeg_binary
 from pipeline.hashing import file_hash
@@ -128,24 +129,29 @@ def _read_frames(path: str, cmd: list[str], start: int, end: int, size: tuple[in
 class SegmentWriter:
     """Encode RGB frames to a video segment through ffmpeg's stdin.
 
-    Every segment gets identical settings (codec, profile, bt709/tv tags,
-    timescale, closed GOPs, no audio) so segments concatenate by stream copy.
+    Every segment of a render gets identical settings (the delivery's codec, pixel format and
+    colour tags, timescale, closed GOPs, no audio) so segments concatenate by stream copy.
     The file appears at ``path`` only after ffmpeg succeeded.
     """
 
-    def __init__(self, path, fps: Fraction, size: tuple[int, int], *, codec: str = "libx264",
-                 crf: int = 18, preset: str = "medium", pix_fmt: str = "yuv420p",
-                 gop: int | None = None, threads: int | None = None,
-                 extra_args: Sequence[str] = ()):
+    def __init__(self, path, fps: Fraction, size: tuple[int, int], *, delivery: Delivery | None = None,
+                 source: VideoInfo | None = None, crf: int = 18, preset: str = "medium",
+                 gop: int | None = None, threads: int | None = None, extra_args: Sequence[str] = ()):
+        """``delivery``: codec, bit depth and colour (default: H.264 at ``crf`` and ``preset``);
+        ``source``: the film the frames come from (its colour is the frames' colour)."""
         self.path = Path(path)
         self.fps = Fraction(fps)
         self.size = (int(size[0]), int(size[1]))
-        if pix_fmt.startswith("yuv420") and (self.size[0] % 2 or self.size[1] % 2):
+        delivery = delivery or Delivery(crf=crf, preset=preset)
+        pix_fmt = delivery.segment_pix_fmt
+        if pix_fmt.startswith(("yuv420", "yuv422")) and (self.size[0] % 2 or self.size[1] % 2):
             raise ValueError(f"{self.path}: {pix_fmt} needs even dimensions, got {self.size}")
         self.frames = 0
+        # Deeper than 8 bits: frames go in as 16-bit RGB, so the output's extra bits are not made up
+        # by the encoder's conversion (8-bit frames are widened exactly here).
+        self._wide = delivery.depth > 8
         self._tmp = _claim_temp(self.path)
-        cmd = ft.encode_cmd(str(self._tmp), self.fps, self.size, codec=codec, crf=crf,
-                            preset=preset, pix_fmt=pix_fmt, gop=gop, threads=threads,
+        cmd = ft.encode_cmd(str(self._tmp), self.fps, self.size, delivery, source, gop=gop, threads=threads,
                             extra_args=extra_args)
         try:
             self._proc = subprocess.Popen(cmd, stdin=subprocess.PIPE,
@@ -163,11 +169,15 @@ class SegmentWriter:
         if arr.ndim == 3:
             arr = arr[None]
         w, h = self.size
-        if arr.dtype != np.uint8 or arr.ndim != 4 or arr.shape[1:] != (h, w, 3):
-            raise ValueError(f"{self.path}: expected uint8 frames of shape ({h}, {w}, 3), "
+        if arr.dtype not in (np.uint8, np.uint16) or arr.ndim != 4 or arr.shape[1:] != (h, w, 3):
+            raise ValueError(f"{self.path}: expected uint8 or uint16 frames of shape ({h}, {w}, 3), "
                              f"got {arr.dtype} {arr.shape}")
+        if self._wide and arr.dtype == np.uint8:
+            arr = arr.astype(np.uint16) * 257  # exact: 255 -> 65535 (swscale's own expansion is x*256)
+        elif not self._wide and arr.dtype == np.uint16:
+            raise ValueError(f"{self.path}: 16-bit frames into an 8-bit delivery")
         try:
-            self._proc.stdin.write(np.ascontiguousarray(arr).data)
+            self._proc.stdin.write(np.ascontiguousarray(arr.astype("<u2", copy=False) if self._wide else arr).data)
         except (BrokenPipeError, OSError):
             self._proc.wait()
             self._drain.join()
