@@ -41,6 +41,12 @@ def chunk_flow_source(cache: FlowCache, backend, frames: np.ndarray, chunk: Chun
     return CachedFlowSource(cache, backend, lookup)
 
 
+def deep_frames(info, delivery: Delivery, stylizer) -> bool:
+    """Frames travel as 16-bit when the film has more than 8 bits, the delivery keeps more than 8
+    and the method runs on such frames (the per-frame nets do; flow methods get 8-bit frames)."""
+    return info.bit_depth > 8 and delivery.depth > 8 and getattr(stylizer, "deep_frames", False)
+
+
 def render_chunk(plan: RenderPlan, chunk: Chunk, source: Source, stylizer, state: CarryState | None,
                  segment: Path, *, out_size: tuple[int, int], upscaler, delivery: Delivery,
                  timer: StageTimer, flow: tuple[FlowCache, object] | None = None, on_frames=None) -> CarryState:
@@ -48,9 +54,10 @@ def render_chunk(plan: RenderPlan, chunk: Chunk, source: Source, stylizer, state
 
     ``flow`` is (cache, backend) for methods that need optical flow.
     """
+    deep = deep_frames(source.info, delivery, stylizer)
     with timer("decode"):
         frames = np.stack(list(media.decode_frames(source.info, chunk.start, chunk.end, plan.working_size,
-                                                   chunk_hint=chunk.length)))
+                                                   chunk_hint=chunk.length, deep=deep)))
     flow_source = chunk_flow_source(*flow, frames, chunk, state) if flow else None
     with timer("stylize"):
         out, state = stylizer.stylize(frames, chunk.start, state, flow=flow_source)
@@ -58,7 +65,7 @@ def render_chunk(plan: RenderPlan, chunk: Chunk, source: Source, stylizer, state
     if upscaler.needs_guide and tuple(out_size) != tuple(plan.working_size):
         with timer("decode"):  # the film at the delivery size, for an upscaler guided by it
             guide = np.stack(list(media.decode_frames(source.info, chunk.start, chunk.end, out_size,
-                                                      chunk_hint=chunk.length)))
+                                                      chunk_hint=chunk.length, deep=deep)))
     with timer("upscale"):
         out = upscaler(out, out_size, guide=guide)
     with timer("encode"):

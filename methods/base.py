@@ -92,6 +92,9 @@ class Method(ABC):
     carries_state: ClassVar[bool] = True
     style_input: ClassVar[str] = "checkpoint"  # or "image"
     checkpoint_folder: ClassVar[str | None] = None
+    # True: stylize also takes uint16 frames (a source deeper than 8 bits for a deeper delivery) and
+    # returns uint16; False: it is given 8-bit frames whatever the source
+    deep_frames: ClassVar[bool] = False
 
     @abstractmethod
     def __init__(self, style_path: str | Path, run: RunSettings, **options):

@@ -41,6 +41,11 @@ def to_uint8(y: torch.Tensor) -> torch.Tensor:
     return y.float().mul_(255.0).add_(0.5).clamp_(0, 255).to(torch.uint8)
 
 
+def to_uint16(y: torch.Tensor) -> torch.Tensor:
+    """[0, 1] float -> 16-bit values (as int32: torch has no uint16 arithmetic), round-half-up."""
+    return y.float().mul_(65535.0).add_(0.5).clamp_(0, 65535).to(torch.int32)
+
+
 class NetRunner:
     """A loaded transform net and how to run it.
 
@@ -89,12 +94,17 @@ class NetRunner:
 
     @torch.inference_mode()
     def __call__(self, frames: np.ndarray) -> np.ndarray:
-        """(N, H, W, 3) uint8 -> (N, H, W, 3) uint8, in batches of ``self.batch``."""
+        """(N, H, W, 3) uint8 -> (N, H, W, 3) uint8, in batches of ``self.batch``; uint16 frames (a
+        deep source for a deep delivery) come back uint16: the net runs in float either way."""
         out = np.empty_like(frames)
+        deep = frames.dtype == np.uint16
         for i in range(0, len(frames), self.batch):
-            x = self.to_device(torch.from_numpy(frames[i:i + self.batch]))
-            x = x.permute(0, 3, 1, 2).float().div_(255.0).contiguous(memory_format=torch.channels_last)
-            y = to_uint8(self.apply(x))
+            part = frames[i:i + self.batch]
+            # torch has no uint16 arithmetic: 16-bit frames go over as int32
+            x = self.to_device(torch.from_numpy(part.astype(np.int32) if deep else part))
+            x = x.permute(0, 3, 1, 2).float().div_(65535.0 if deep else 255.0)
+            y = self.apply(x.contiguous(memory_format=torch.channels_last))
+            y = to_uint16(y) if deep else to_uint8(y)
             out[i:i + self.batch] = y.permute(0, 2, 3, 1).cpu().numpy()
         return out
 

@@ -16,6 +16,7 @@ class PerFrame(NetMethod):
     name = "per-frame"
     summary = "each frame on its own (fast; flickers on moving content)"
     carries_state = False  # output ignores the carry-in state: chunks of a shot may run in parallel
+    deep_frames = True  # the net runs in float: a 10-bit film keeps its bits through it
 
     def stylize(self, frames, first_index, state=None, flow=None):
         out = self.run(frames)

@@ -165,8 +165,10 @@ class LearnedUpscaler:
         w, h = size
         if frames.shape[1:3] == (h, w):
             return frames
-        x = torch.from_numpy(np.ascontiguousarray(frames)).to(self.device).permute(0, 3, 1, 2).float() / 255
-        y = (self._tiled(x).clamp(0, 1) * 255 + 0.5).byte().permute(0, 2, 3, 1).cpu().numpy()
+        top = float(np.iinfo(frames.dtype).max)  # 255, or 65535 for a deep film
+        x = torch.from_numpy(frames.astype(np.float32)).to(self.device).permute(0, 3, 1, 2) / top
+        y = (self._tiled(x).clamp(0, 1) * top + 0.5).to(torch.int32).permute(0, 2, 3, 1).cpu().numpy()
+        y = y.astype(frames.dtype)
         if y.shape[1:3] == (h, w):
             return y
         shrink = y.shape[1] > h

@@ -192,8 +192,9 @@ def grow_pipe(pipe, nbytes: int) -> None:
 
 # --------------------------------------------------------------------------- command lines
 
-def decode_cmd(info, start: int, count: int, size: tuple[int, int]) -> list[str]:
-    """ffmpeg -> rawvideo rgb24 on stdout for frames [start, start + count) of a VideoInfo.
+def decode_cmd(info, start: int, count: int, size: tuple[int, int], deep: bool = False) -> list[str]:
+    """ffmpeg -> rawvideo rgb24 (``deep``: rgb48le) on stdout for frames [start, start + count) of a
+    VideoInfo.
 
     CFR: input-side -ss to half a frame before ``start``, as an absolute
     timestamp (-seek_timestamp: ffmpeg's idea of the file's start time, which
@@ -210,9 +211,10 @@ def decode_cmd(info, start: int, count: int, size: tuple[int, int]) -> list[str]
     elif start > 0:
         target = info.start_time + (start - 0.5) / float(info.fps)
         in_opts.update(seek_timestamp=1, ss=f"{target:.6f}")
+    rgb = "rgb48le" if deep else "rgb24"
     out = ffmpeg.input(info.path, **in_opts).output(
-        "pipe:", format="rawvideo", pix_fmt="rgb24", map=f"0:{info.video_index}",
-        vf=build_graph(select, _rgb_scale(info, size), "format=rgb24"), fps_mode="passthrough",
+        "pipe:", format="rawvideo", pix_fmt=rgb, map=f"0:{info.video_index}",
+        vf=build_graph(select, _rgb_scale(info, size), f"format={rgb}"), fps_mode="passthrough",
         **{"frames:v": count})
     return build_cmd(out)
 

@@ -56,8 +56,9 @@ def working_size(info: VideoInfo, width: int, multiple: int = 2) -> tuple[int, i
 # --------------------------------------------------------------------------- decode
 
 def decode_frames(info_or_path, start: int, end: int, size: tuple[int, int] | None = None,
-                  *, chunk_hint: int | None = None) -> Iterator[np.ndarray]:
-    """Yield RGB uint8 frames [start, end) at ``size`` (default: display size).
+                  *, chunk_hint: int | None = None, deep: bool = False) -> Iterator[np.ndarray]:
+    """Yield RGB uint8 frames [start, end) at ``size`` (default: display size); ``deep``: uint16
+    frames (full 16-bit scale), for sources with more than 8 bits a sample.
 
     CFR sources seek on the input side to half a frame before ``start``;
     ffmpeg then decodes from the preceding keyframe and drops frames by pts
@@ -76,8 +77,9 @@ def decode_frames(info_or_path, start: int, end: int, size: tuple[int, int] | No
         raise InputError(f"{info.path}: frame {end - 1} requested but it has "
                          f"{info.frame_count} frames")
     w, h = size if size is not None else info.display_size
-    cmd = ft.decode_cmd(info, start, end - start, (int(w), int(h)))
-    return _read_frames(info.path, cmd, start, end, (int(w), int(h)), chunk_hint)
+    cmd = ft.decode_cmd(info, start, end - start, (int(w), int(h)), deep=deep)
+    return _read_frames(info.path, cmd, start, end, (int(w), int(h)), chunk_hint,
+                        np.dtype("<u2") if deep else np.dtype(np.uint8))
 
 
 def decode_at(info: VideoInfo, seconds: float, count: int, size: tuple[int, int] | None = None) -> np.ndarray:
@@ -98,9 +100,9 @@ def decode_at(info: VideoInfo, seconds: float, count: int, size: tuple[int, int]
 
 
 def _read_frames(path: str, cmd: list[str], start: int, end: int, size: tuple[int, int],
-                 chunk_hint: int | None) -> Iterator[np.ndarray]:
+                 chunk_hint: int | None, dtype: np.dtype = np.dtype(np.uint8)) -> Iterator[np.ndarray]:
     w, h = size
-    frame_bytes = w * h * 3
+    frame_bytes = w * h * 3 * dtype.itemsize
     try:
         proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                 stderr=subprocess.PIPE, bufsize=0)
@@ -111,7 +113,7 @@ def _read_frames(path: str, cmd: list[str], start: int, end: int, size: tuple[in
     index = start
     try:
         while index < end:
-            frame = np.empty((h, w, 3), dtype=np.uint8)
+            frame = np.empty((h, w, 3), dtype=dtype)
             if ft.read_into(proc.stdout, memoryview(frame).cast("B")) < frame_bytes:
                 proc.wait()
                 drain.join()

@@ -73,6 +73,17 @@ class VideoInfo:
     seekable: bool = True
 
     @property
+    def bit_depth(self) -> int:
+        """Bits per sample of the video (8 when the pixel format is unknown)."""
+        try:
+            import av
+
+            fmt = av.VideoFormat(self.pix_fmt)
+            return max(c.bits for c in fmt.components) if fmt.components else 8
+        except (ValueError, TypeError):
+            return 8
+
+    @property
     def display_size(self) -> tuple[int, int]:
         """Square-pixel size as shown: width scaled by SAR, then swapped for 90/270."""
         w = max(1, round(self.width * self.sar))

@@ -22,7 +22,7 @@ class Upscaler(Protocol):
     def __init__(self, *, device: str = "cpu", **options): ...
 
     def __call__(self, frames: np.ndarray, size: tuple[int, int], guide: np.ndarray | None = None) -> np.ndarray:
-        """(N, h, w, 3) uint8 -> (N, H, W, 3) uint8 with size = (W, H)."""
+        """(N, h, w, 3) uint8 -> (N, H, W, 3) uint8 with size = (W, H); uint16 in, uint16 out."""
         ...
 
 
@@ -52,7 +52,7 @@ class _CV2Resize:
         w, h = size
         if frames.shape[1:3] == (h, w):
             return frames
-        out = np.empty((len(frames), h, w, 3), dtype=np.uint8)
+        out = np.empty((len(frames), h, w, 3), dtype=frames.dtype)  # uint8, or uint16 for a deep film
         for i, f in enumerate(frames):
             cv2.resize(f, (w, h), dst=out[i], interpolation=self.interpolation)
         return out
@@ -105,20 +105,21 @@ class Guided(_CV2Resize):
             raise ValueError(f"guide frames {guide.shape} do not match {len(frames)} frames at {w}x{h}")
         lh, lw = frames.shape[1:3]
         k = (2 * self.RADIUS + 1,) * 2
+        top = float(np.iinfo(frames.dtype).max)
         out = np.empty_like(up)
         for i, (p, g, u) in enumerate(zip(frames, guide, up)):
-            g_hi = cv2.cvtColor(g, cv2.COLOR_RGB2GRAY).astype(np.float32) / 255
+            g_hi = cv2.cvtColor(g, cv2.COLOR_RGB2GRAY).astype(np.float32) / float(np.iinfo(g.dtype).max)
             g_lo = cv2.resize(g_hi, (lw, lh), interpolation=cv2.INTER_AREA)
             detail = g_hi - cv2.resize(g_lo, (w, h), interpolation=self.interpolation)
-            p = p.astype(np.float32) / 255
+            p = p.astype(np.float32) / top
             mean_g = cv2.boxFilter(g_lo, -1, k)
             var_g = cv2.boxFilter(g_lo * g_lo, -1, k) - mean_g * mean_g
             mean_p = cv2.boxFilter(p, -1, k)
             cov = cv2.boxFilter(p * g_lo[..., None], -1, k) - mean_p * mean_g[..., None]
             a = cv2.boxFilter(cov / (var_g[..., None] + self.EPS), -1, k)
             a_hi = cv2.resize(a, (w, h), interpolation=cv2.INTER_LINEAR)
-            q = u.astype(np.float32) + 255 * a_hi * detail[..., None]
-            out[i] = np.clip(q + 0.5, 0, 255).astype(np.uint8)
+            q = u.astype(np.float32) + top * a_hi * detail[..., None]
+            out[i] = np.clip(q + 0.5, 0, top).astype(frames.dtype)
         return out
 
 

@@ -171,3 +171,76 @@ def test_render_to_prores_keeps_the_audio(tmp_path, media_clip, tiny_styles):
     info, source = media.probe(str(out)), media.probe(str(src))
     assert (info.codec, info.pix_fmt, info.frame_count) == ("prores", "yuv422p10le", source.frame_count)
     assert len(info.audio) == 1 and len(info.subtitles) == 1
+
+
+def test_a_ten_bit_film_keeps_its_bits_through_a_deep_method_into_a_sixteen_bit_master(tmp_path, ffmpeg_exe):
+    from methods import Method, register, unregister
+    from pipeline.carry import CarryState
+
+    class DeepIdentity(Method):  # the frames as they come: what the decode gave is what is written
+        name, summary, deep_frames, carries_state = "deep-identity-test", "test", True, False
+
+        def __init__(self, style_path, run=None):
+            pass
+
+        card = {"name": "deep-identity"}
+
+        def params(self):
+            return {"method": self.name}
+
+        def stylize(self, frames, first_index, state=None, flow=None):
+            return frames.copy(), CarryState(first_index + len(frames), frames[-1].copy(), frames[-1].copy())
+
+    src = tmp_path / "ten_bit.mkv"  # a shallow 10-bit ramp: 128 levels over 256 columns (32 in 8 bits)
+    subprocess.run([ffmpeg_exe, "-hide_banner", "-loglevel", "error", "-y", "-f", "lavfi", "-i",
+                    "nullsrc=s=256x64:r=25,format=yuv444p10le,geq=lum='400+X/2':cb=512:cr=512",
+                    "-frames:v", "3", "-c:v", "ffv1", "-pix_fmt", "yuv444p10le", str(src)], check=True)
+    assert media.probe(str(src)).bit_depth == 10
+    register(DeepIdentity)
+    try:
+        levels = {}
+        for depth in (8, 16):
+            out = tmp_path / f"out{depth}"
+            render(RenderConfig(input=str(src), output=str(out), style=str(src), method=DeepIdentity.name,
+                                width=256, codec="png", bit_depth=depth, cache_dir=str(tmp_path / "c")),
+                   progress=False, log=lambda m: None)
+            with av.open(str(out / f"out{depth}.0000000.png")) as c:
+                levels[depth] = len(np.unique(next(c.decode(video=0)).to_ndarray()[32, :, 1]))
+    finally:
+        unregister(DeepIdentity.name)
+    assert levels[8] <= 40 and levels[16] >= 120, levels
+
+
+def test_the_net_takes_sixteen_bit_frames_and_gives_sixteen_bits_back(tiny_styles):
+    from methods import RunSettings, make_method
+
+    rng = np.random.default_rng(0)
+    frames8 = rng.integers(0, 256, (2, 32, 48, 3), dtype=np.uint8)
+    method = make_method("per-frame", tiny_styles[0], RunSettings())
+    assert method.deep_frames
+    out8, _ = method.stylize(frames8, 0, None)
+    out16, _ = method.stylize(frames8.astype(np.uint16) * 257, 0, None)
+    assert out16.dtype == np.uint16 and out8.dtype == np.uint8
+    assert np.abs(out16 / 257.0 - out8).max() <= 0.51  # the same picture, with 8 more bits
+    inside = out16[(out16 > 0) & (out16 < 65535)]  # the random net clips much of its output
+    assert inside.size > 1000 and (inside % 257 == 0).mean() < 0.05  # the net's own bits, not 8-bit values widened
+
+
+@pytest.mark.parametrize("output", ["film.mkv", "film.mov"])
+def test_chapters_and_metadata_of_the_film_are_kept(tmp_path, media_clip, ffmpeg_exe, tiny_styles, output):
+    meta = tmp_path / "meta.txt"
+    meta.write_text(";FFMETADATA1\ntitle=A Test Film\n"
+                    "[CHAPTER]\nTIMEBASE=1/1000\nSTART=0\nEND=1000\ntitle=Opening\n"
+                    "[CHAPTER]\nTIMEBASE=1/1000\nSTART=1000\nEND=2000\ntitle=Second\n")
+    src = tmp_path / "chapters.mkv"
+    subprocess.run([ffmpeg_exe, "-hide_banner", "-loglevel", "error", "-y", "-i", str(media_clip("main.mp4")),
+                    "-i", str(meta), "-map", "0", "-map_metadata", "1", "-map_chapters", "1", "-c", "copy",
+                    "-c:s", "srt", str(src)], check=True)
+    out = tmp_path / output
+    render(RenderConfig(input=str(src), output=str(out), style=tiny_styles[0], width=96,
+                        codec="prores" if output.endswith(".mov") else "h264", cache_dir=str(tmp_path / "c")),
+           progress=False, log=lambda m: None)
+    with av.open(str(out)) as c:
+        chapters = [(ch["metadata"].get("title"), round(float(ch["start"] * ch["time_base"]), 2)) for ch in c.chapters()]
+        title = c.metadata.get("title")
+    assert chapters == [("Opening", 0.0), ("Second", 1.0)] and title == "A Test Film"
