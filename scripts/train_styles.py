@@ -308,7 +308,8 @@ def run_all(args) -> None:
         return {"kind": "image", "style": str(pack_dir / "styles" / STYLES[style]),
                 "data": [str(pack_dir / "bsds500" / "train"), str(pack_dir / "bsds500" / "val")], "out": str(work / folder / f"{style}.safetensors"),
                 "norm": norm, "batch_size": args.batch, "image_size": args.image_size, "steps": steps, "vgg": vgg_path, "device": device,
-                "max_seconds": deadline, "sample_every_s": 1e9, "checkpoint_every_s": 60}
+                "max_seconds": deadline, "sample_every_s": 1e9, "checkpoint_every_s": 60,
+                "lr_decay": args.lr_decay}
 
     judge = Judge(pack_dir, device, vgg_path, args.judge_photos)
     opt_proc = None
@@ -420,6 +421,9 @@ def main() -> None:
     p.add_argument("--skip-optimum", action="store_true")
     p.add_argument("--batch", type=int, default=BATCH)
     p.add_argument("--image-size", type=int, default=256)
+    p.add_argument("--lr-decay", default="cosine", choices=["constant", "cosine"],
+                   help="image nets' learning rate after warm-up (cosine: to 0 by the calibrated last step; on "
+                        "this CPU it bought 8%% of content loss for 2%% of style in a fine-tune; default cosine)")
     p.add_argument("--calibration-steps", type=int, default=30)
     p.add_argument("--judge-photos", type=int, default=JUDGE_PHOTOS)
     p.add_argument("--styles", nargs="*", help="a subset of STYLES (a quick check of the script)")
