@@ -26,16 +26,17 @@ from pipeline.plan import Chunk, RenderPlan
 from pipeline.storage import LocalStorage, Storage, StorageError
 from pipeline.upscale import make_upscaler
 
+from .overlap import Behind, prefetch
 from .job import RenderJob, node_source, run_settings
 from .progress import StageTimer
 from .source import Source, node_file
 
 
-def chunk_flow_source(cache: FlowCache, backend, frames: np.ndarray, chunk: Chunk,
+def chunk_flow_source(cache: FlowCache, backend, lookup: dict, chunk: Chunk,
                       state: CarryState | None) -> CachedFlowSource:
     """Flow for the chunk's pairs from the cache; a missing or corrupt entry is recomputed from
-    the chunk's frames (and the previous chunk's last frame, carried in the state)."""
-    lookup = {chunk.start + i: f for i, f in enumerate(frames)}
+    ``lookup`` (absolute index -> frame, filled as the chunk's frames are decoded) and the previous
+    chunk's last frame, carried in the state."""
     if state is not None and state.last_source is not None:
         lookup[chunk.start - 1] = state.last_source
     return CachedFlowSource(cache, backend, lookup)
@@ -47,32 +48,64 @@ def deep_frames(info, delivery: Delivery, stylizer) -> bool:
     return info.bit_depth > 8 and delivery.depth > 8 and getattr(stylizer, "deep_frames", False)
 
 
+# Frames per slice of a chunk: the net works on one slice while the next is decoded and the last
+# one is upscaled and encoded. A slice is stylized with the state the previous one carried out, as a
+# chunk is after the chunk before it, so the frames are those of one pass over the chunk.
+SLICE_FRAMES = 16
+
+
+def _slices(source: Source, chunk: Chunk, size, deep: bool, guide_size, timer: StageTimer, n: int):
+    """(first index, frames, guide frames or None) for the chunk, ``n`` frames at a time."""
+    def frames(at):
+        return media.decode_frames(source.info, chunk.start, chunk.end, at, chunk_hint=n, deep=deep)
+
+    main = frames(size)
+    guide = frames(guide_size) if guide_size else None
+    try:
+        for start in range(chunk.start, chunk.end, n):
+            k = min(n, chunk.end - start)
+            with timer("decode"):
+                part = np.stack([next(main) for _ in range(k)])
+                g = np.stack([next(guide) for _ in range(k)]) if guide is not None else None
+            yield start, part, g
+    finally:
+        main.close()
+        if guide is not None:
+            guide.close()
+
+
 def render_chunk(plan: RenderPlan, chunk: Chunk, source: Source, stylizer, state: CarryState | None,
                  segment: Path, *, out_size: tuple[int, int], upscaler, delivery: Delivery,
                  timer: StageTimer, flow: tuple[FlowCache, object] | None = None, on_frames=None) -> CarryState:
     """Decode, stylize, upscale and encode one chunk to ``segment``; return the carry-out state.
 
-    ``flow`` is (cache, backend) for methods that need optical flow.
+    ``flow`` is (cache, backend) for methods that need optical flow. The stages overlap
+    (``engine.overlap``): a thread decodes the next slice while the net runs, and the previous
+    slice is upscaled and written to the encoder (an ffmpeg process) behind it.
     """
     deep = deep_frames(source.info, delivery, stylizer)
-    with timer("decode"):
-        frames = np.stack(list(media.decode_frames(source.info, chunk.start, chunk.end, plan.working_size,
-                                                   chunk_hint=chunk.length, deep=deep)))
-    flow_source = chunk_flow_source(*flow, frames, chunk, state) if flow else None
-    with timer("stylize"):
-        out, state = stylizer.stylize(frames, chunk.start, state, flow=flow_source)
-    guide = None
-    if upscaler.needs_guide and tuple(out_size) != tuple(plan.working_size):
-        with timer("decode"):  # the film at the delivery size, for an upscaler guided by it
-            guide = np.stack(list(media.decode_frames(source.info, chunk.start, chunk.end, out_size,
-                                                      chunk_hint=chunk.length, deep=deep)))
-    with timer("upscale"):
-        out = upscaler(out, out_size, guide=guide)
-    with timer("encode"):
-        with media.SegmentWriter(segment, plan.fps, out_size, delivery=delivery, source=source.info) as writer:
+    lookup: dict = {}
+    flow_source = chunk_flow_source(*flow, lookup, chunk, state) if flow else None
+    guided = upscaler.needs_guide and tuple(out_size) != tuple(plan.working_size)
+
+    def finish(out, guide):
+        with timer("upscale"):
+            out = upscaler(out, out_size, guide=guide)
+        with timer("encode"):
             writer.write(out)
-    if on_frames:
-        on_frames(chunk.length)
+        if on_frames:
+            on_frames(len(out))
+
+    with media.SegmentWriter(segment, plan.fps, out_size, delivery=delivery, source=source.info) as writer, \
+            Behind() as behind:
+        for start, frames, guide in prefetch(_slices(source, chunk, plan.working_size, deep,
+                                                     out_size if guided else None, timer, SLICE_FRAMES)):
+            lookup.update((start + i, f) for i, f in enumerate(frames))
+            with timer("stylize"):
+                out, state = stylizer.stylize(frames, start, state, flow=flow_source)
+            for t in [t for t in lookup if t < start - 1]:  # flow only ever needs (t - 1, t)
+                del lookup[t]
+            behind.submit(finish, out, guide)
     return state
 
 

@@ -6,6 +6,7 @@ render does not flood a terminal or a log store.
 """
 from __future__ import annotations
 
+import threading
 import time
 from contextlib import contextmanager
 
@@ -15,6 +16,7 @@ class StageTimer:
 
     def __init__(self):
         self.seconds: dict[str, float] = {}
+        self._lock = threading.Lock()  # stages of one chunk run in threads side by side (engine.overlap)
 
     @contextmanager
     def __call__(self, stage: str):
@@ -25,7 +27,8 @@ class StageTimer:
             self.add(stage, time.perf_counter() - t)
 
     def add(self, stage: str, seconds: float) -> None:
-        self.seconds[stage] = self.seconds.get(stage, 0.0) + seconds
+        with self._lock:
+            self.seconds[stage] = self.seconds.get(stage, 0.0) + seconds
 
     def merge(self, seconds: dict[str, float]) -> None:
         for stage, s in seconds.items():

@@ -46,6 +46,20 @@ def test_flow_blend_chunked_equals_unchunked(tmp_path, clip, styles):
     assert np.array_equal(_frames(tmp_path / "a.mp4"), _frames(tmp_path / "b.mp4"))
 
 
+def test_slices_inside_a_chunk_equal_one_pass(tmp_path, clip, styles, monkeypatch):
+    # the net works on one slice while the next decodes and the last encodes (engine.overlap);
+    # with flow computed on cache misses from the frames decoded so far
+    import engine.chunks
+
+    outs = []
+    for n in (3, 10_000):
+        monkeypatch.setattr(engine.chunks, "SLICE_FRAMES", n)
+        out = tmp_path / f"s{n}.mp4"
+        _render(clip, out, styles[0], tmp_path / f"c{n}", method="flow-blend", chunk_frames=20)
+        outs.append(_frames(out))
+    assert np.array_equal(*outs)
+
+
 def test_state_resets_at_cuts_and_blending_steadies(tmp_path, clip, styles):
     per = _frames(_render(clip, tmp_path / "p.mp4", styles[0], tmp_path).output)
     blend = _frames(_render(clip, tmp_path / "f.mp4", styles[0], tmp_path, method="flow-blend").output)
