@@ -18,7 +18,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import shared_video, style_for_benchmark, trimmed_copy  # noqa: E402
+from benchmarks.common import cpu_description, shared_video, style_for_benchmark, trimmed_copy  # noqa: E402
 
 
 def naive(src: Path, out: Path, style: str, width: int, precision: str, device: str) -> dict:
@@ -58,6 +58,23 @@ def naive(src: Path, out: Path, style: str, width: int, precision: str, device: 
     return t
 
 
+def bare_net(src: Path, style: str, width: int, precision: str, device: str) -> float:
+    """Seconds of the net alone on the clip's frames, decoded beforehand: the ceiling of a render."""
+    import numpy as np
+
+    from methods import NetRunner, RunSettings, resolve_style
+    from pipeline import media
+
+    info = media.probe(src)
+    frames = np.stack(list(media.decode_frames(info, 0, info.frame_count, media.working_size(info, width))))
+    net = NetRunner(resolve_style(style), RunSettings(device=device, precision=precision))
+    net(frames[:1])  # warm-up
+    t = time.perf_counter()
+    for f in frames:
+        net(f[None])
+    return time.perf_counter() - t
+
+
 def pipeline(src: Path, out: Path, style: str, width: int, precision: str, device: str, workdir: Path) -> dict:
     from engine.config import RenderConfig
     from engine.local import render
@@ -91,6 +108,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         clip = trimmed_copy(src, args.frames, tmp / "clip.mp4")
+        net_s = bare_net(clip, style, args.width, args.precision, device)
         base = naive(clip, tmp / "naive.mp4", style, args.width, args.precision, device)
         pipe = pipeline(clip, tmp / "pipe.mp4", style, args.width, args.precision, device, tmp)
     n = args.frames
@@ -109,8 +127,10 @@ def main() -> None:
     overhead = pipe["wall"] / base["wall"] - 1
     print(f"pipeline / naive wall time: {pipe['wall'] / base['wall']:.3f} (overhead {overhead:+.1%}); "
           f"net share of pipeline wall time: {net_share:.1%}; shots {pipe['shots']}, chunks {pipe['chunks']}")
+    print(f"bare net: {net_s:.2f} s ({n / net_s:.2f} fps); end-to-end render / bare net frames per second: "
+          f"{net_s / pipe['wall']:.3f} (target >= 0.95); CPU: {cpu_description()}")
     if args.json:
-        Path(args.json).write_text(json.dumps({"frames": n, "naive": base, "pipeline": pipe,
+        Path(args.json).write_text(json.dumps({"frames": n, "naive": base, "pipeline": pipe, "bare_net_s": net_s,
                                                "overhead": overhead, "net_share": net_share}, indent=2))
 
 

@@ -130,6 +130,7 @@ class LearnedUpscaler:
     model = ""
     enlarges_only = True  # a super-resolution net has nothing to add to a smaller delivery size
     needs_guide = False
+    OUTPUT_PIXELS = 4_000_000  # per net call: one 2560x1440 frame, four 1280x720 ones
 
     def __init__(self, *, device: str = "cpu", tile: int | None = None, **options):
         if options:
@@ -166,9 +167,16 @@ class LearnedUpscaler:
         if frames.shape[1:3] == (h, w):
             return frames
         top = float(np.iinfo(frames.dtype).max)  # 255, or 65535 for a deep film
-        x = torch.from_numpy(frames.astype(np.float32)).to(self.device).permute(0, 3, 1, 2) / top
-        y = (self._tiled(x).clamp(0, 1) * top + 0.5).to(torch.int32).permute(0, 2, 3, 1).cpu().numpy()
-        y = y.astype(frames.dtype)
+        # A few frames per call: the nets' last layers hold 64 channels at the output size (a batch
+        # of 8 frames at 2560x1440 is 7.5 GB a tensor; the benchmark was killed for memory).
+        fh, fw = frames.shape[1:3]
+        per_call = max(1, self.OUTPUT_PIXELS // (fh * fw * self.scale ** 2))
+        parts = []
+        for i in range(0, len(frames), per_call):
+            x = torch.from_numpy(frames[i:i + per_call].astype(np.float32)).to(self.device).permute(0, 3, 1, 2) / top
+            y = (self._tiled(x).clamp(0, 1) * top + 0.5).to(torch.int32).permute(0, 2, 3, 1).cpu().numpy()
+            parts.append(y.astype(frames.dtype))
+        y = np.concatenate(parts)
         if y.shape[1:3] == (h, w):
             return y
         shrink = y.shape[1] > h
