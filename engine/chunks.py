@@ -38,13 +38,22 @@ def chunk_flow_source(cache: FlowCache, backend, lookup: dict, chunk: Chunk,
     ``lookup`` (absolute index -> frame, filled as the chunk's frames are decoded) and the previous
     chunk's last frame, carried in the state."""
     if state is not None and state.last_source is not None:
-        lookup[chunk.start - 1] = state.last_source
+        lookup[chunk.start - 1] = eight_bit(state.last_source)
     return CachedFlowSource(cache, backend, lookup)
+
+
+def eight_bit(frame: np.ndarray) -> np.ndarray:
+    """A frame as the flow backends take it: 16-bit frames (a deep film) rounded to 8 bits, as
+    ffmpeg's own 8-bit decode (which the flow stage uses) rounds them."""
+    if frame.dtype == np.uint8:
+        return frame
+    return ((frame.astype(np.uint32) + 128) // 257).astype(np.uint8)
 
 
 def deep_frames(info, delivery: Delivery, stylizer) -> bool:
     """Frames travel as 16-bit when the film has more than 8 bits, the delivery keeps more than 8
-    and the method runs on such frames (the per-frame nets do; flow methods get 8-bit frames)."""
+    and the method runs on such frames (every shipped method does; a plug-in says so with
+    ``deep_frames``). Optical flow is computed from 8-bit frames either way."""
     return info.bit_depth > 8 and delivery.depth > 8 and getattr(stylizer, "deep_frames", False)
 
 
@@ -100,7 +109,7 @@ def render_chunk(plan: RenderPlan, chunk: Chunk, source: Source, stylizer, state
             Behind() as behind:
         for start, frames, guide in prefetch(_slices(source, chunk, plan.working_size, deep,
                                                      out_size if guided else None, timer, SLICE_FRAMES)):
-            lookup.update((start + i, f) for i, f in enumerate(frames))
+            lookup.update((start + i, eight_bit(f)) for i, f in enumerate(frames))
             with timer("stylize"):
                 out, state = stylizer.stylize(frames, start, state, flow=flow_source)
             for t in [t for t in lookup if t < start - 1]:  # flow only ever needs (t - 1, t)

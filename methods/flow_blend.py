@@ -60,7 +60,8 @@ DETAIL_SIGMA, MAX_DETAIL_GAIN = 1.5, 1.5
 def photometric_confidence(cur_src: np.ndarray, prev_src: np.ndarray, backward: np.ndarray) -> np.ndarray:
     """(H, W) float32 in [0, 1]: how well the previous source frame, warped, predicts the current one."""
     warped = warp(prev_src, backward).astype(np.float32)
-    dist = np.square((cur_src.astype(np.float32) - warped) / 255.0).sum(axis=2)
+    top = float(np.iinfo(cur_src.dtype).max)  # 255, or 65535 for a deep film
+    dist = np.square((cur_src.astype(np.float32) - warped) / top).sum(axis=2)
     return np.exp(-PHOTOMETRIC_FALLOFF * dist) * in_frame(backward)
 
 
@@ -85,6 +86,7 @@ class FlowBlend(NetMethod):
     name = "flow-blend"
     summary = "blend each frame's stylization with the previous output warped by optical flow"
     needs_flow = True
+    deep_frames = True  # the blend and the net run in float: 16-bit frames stay 16-bit
     options = (
         Option("strength", float, 0.6, "weight of the warped previous output, 0-1",
                check=lambda v: 0.0 <= v < 1.0, rule="in [0, 1)"),
@@ -134,5 +136,6 @@ class FlowBlend(NetMethod):
         blended = a * warped.astype(np.float32) + (1.0 - a) * fresh_f
         if self.keep_detail:
             blended = keep_detail(blended, fresh_f, a, self.strength)
-        blended = np.clip(blended + 0.5, 0, 255).astype(np.uint8)
+        top = np.iinfo(fresh.dtype).max  # uint8, or uint16 for a deep film
+        blended = np.clip(blended + 0.5, 0, top).astype(fresh.dtype)
         return self.run(blended[None])[0] if self.refine else blended

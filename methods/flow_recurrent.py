@@ -23,7 +23,7 @@ from pipeline.errors import InputError
 from pipeline.flow import warp
 
 from .base import RunSettings, register
-from .net import NetMethod, to_uint8
+from .net import NetMethod, to_uint8, to_uint16
 
 
 def _to_tensor(img: np.ndarray, scale: float) -> torch.Tensor:
@@ -40,6 +40,7 @@ class FlowRecurrent(NetMethod):
     name = "flow-recurrent"
     summary = "a net that sees the flow-warped previous output (needs a `train --video` model)"
     needs_flow = True
+    deep_frames = True  # the net runs in float; its 16-bit output is fed back as it was written
     checkpoint_folder = "recurrent"  # shipped styles keep these nets in models/weights/recurrent/
 
     def __init__(self, style_path: str | Path, run: RunSettings = RunSettings()):
@@ -54,18 +55,19 @@ class FlowRecurrent(NetMethod):
     @torch.inference_mode()
     def _frame(self, frame: np.ndarray, prev_out: np.ndarray | None, pair) -> np.ndarray:
         """Stylize one uint8 frame given the previous uint8 output (None at a shot start)."""
-        x = _to_tensor(frame, 255.0)
+        top = float(np.iinfo(frame.dtype).max)  # 255, or 65535 for a deep film
+        x = _to_tensor(frame, top)
         if prev_out is None:
             warped, mask = torch.zeros_like(x), torch.zeros_like(x[:, :1])
         else:
             _, backward, reliable = pair
-            warped = _to_tensor(warp(prev_out.astype(np.float32), backward), 255.0)
+            warped = _to_tensor(warp(prev_out.astype(np.float32), backward), top)
             mask = _to_tensor(reliable, 1.0)
         run = self.run
         x = recurrent_input(x, warped, mask).to(run.device).contiguous(memory_format=torch.channels_last)
         y = run.apply(x)
         # Same rounding as NetRunner: this uint8 frame is both the output and the next frame's input.
-        y = to_uint8(y)
+        y = to_uint16(y) if frame.dtype == np.uint16 else to_uint8(y)
         return y[0].permute(1, 2, 0).cpu().numpy()
 
     def stylize(self, frames, first_index, state=None, flow=None):

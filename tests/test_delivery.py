@@ -244,3 +244,28 @@ def test_chapters_and_metadata_of_the_film_are_kept(tmp_path, media_clip, ffmpeg
         chapters = [(ch["metadata"].get("title"), round(float(ch["start"] * ch["time_base"]), 2)) for ch in c.chapters()]
         title = c.metadata.get("title")
     assert chapters == [("Opening", 0.0), ("Second", 1.0)] and title == "A Test Film"
+
+
+@pytest.mark.parametrize("method, style", [("flow-blend", None), ("flow-recurrent", "starry_night")])
+def test_flow_methods_carry_sixteen_bit_frames_and_match_their_eight_bit_render(tmp_path, ffmpeg_exe, tiny_styles,
+                                                                                 method, style):
+    src = tmp_path / "moving10.mkv"
+    subprocess.run([ffmpeg_exe, "-hide_banner", "-loglevel", "error", "-y", "-f", "lavfi", "-i",
+                    "testsrc2=s=128x72:r=25,format=yuv444p10le", "-frames:v", "8", "-c:v", "ffv1",
+                    "-pix_fmt", "yuv444p10le", str(src)], check=True)
+    frames = {}
+    for depth in (8, 16):
+        out = tmp_path / f"{method}{depth}"
+        render(RenderConfig(input=str(src), output=str(out), style=style or tiny_styles[0], method=method,
+                            width=128, codec="png", bit_depth=depth, chunk_frames=5,
+                            cache_dir=str(tmp_path / "c")), progress=False, log=lambda m: None)
+        imgs = []
+        for k in range(8):
+            with av.open(str(out / f"{out.name}.{k:07d}.png")) as c:
+                imgs.append(next(c.decode(video=0)).to_ndarray().astype(np.float64))
+        frames[depth] = np.stack(imgs)
+    deep = frames[16]
+    inside = deep[(deep > 0) & (deep < 65535)]
+    assert (inside % 257 == 0).mean() < 0.1  # 16-bit values of the method's own, not widened 8-bit ones
+    # the same picture: the later frames (blended with, or fed, the previous output) too
+    assert np.abs(deep / 257 - frames[8]).mean() < 1.5
