@@ -21,13 +21,14 @@ import numpy as np
 from pipeline import media
 from pipeline.carry import CarryState
 from pipeline.delivery import Delivery
+from pipeline.depth import eight_bit
 from pipeline.flow import CachedFlowSource, FlowCache
 from pipeline.plan import Chunk, RenderPlan
 from pipeline.storage import LocalStorage, Storage, StorageError
 from pipeline.upscale import make_upscaler
 
-from .overlap import Behind, prefetch
 from .job import RenderJob, node_source, run_settings
+from .overlap import Behind, prefetch
 from .progress import StageTimer
 from .source import Source, node_file
 
@@ -40,14 +41,6 @@ def chunk_flow_source(cache: FlowCache, backend, lookup: dict, chunk: Chunk,
     if state is not None and state.last_source is not None:
         lookup[chunk.start - 1] = eight_bit(state.last_source)
     return CachedFlowSource(cache, backend, lookup)
-
-
-def eight_bit(frame: np.ndarray) -> np.ndarray:
-    """A frame as the flow backends take it: 16-bit frames (a deep film) rounded to 8 bits, as
-    ffmpeg's own 8-bit decode (which the flow stage uses) rounds them."""
-    if frame.dtype == np.uint8:
-        return frame
-    return ((frame.astype(np.uint32) + 128) // 257).astype(np.uint8)
 
 
 def deep_frames(info, delivery: Delivery, stylizer) -> bool:
@@ -109,7 +102,8 @@ def render_chunk(plan: RenderPlan, chunk: Chunk, source: Source, stylizer, state
             Behind() as behind:
         for start, frames, guide in prefetch(_slices(source, chunk, plan.working_size, deep,
                                                      out_size if guided else None, timer, SLICE_FRAMES)):
-            lookup.update((start + i, eight_bit(f)) for i, f in enumerate(frames))
+            if flow_source is not None:  # frames to compute a missing flow pair from
+                lookup.update((start + i, eight_bit(f)) for i, f in enumerate(frames))
             with timer("stylize"):
                 out, state = stylizer.stylize(frames, start, state, flow=flow_source)
             for t in [t for t in lookup if t < start - 1]:  # flow only ever needs (t - 1, t)

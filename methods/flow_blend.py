@@ -45,6 +45,7 @@ import cv2
 import numpy as np
 
 from pipeline.carry import CarryState
+from pipeline.depth import full_scale
 from pipeline.flow import in_frame, warp
 
 from .base import Option, RunSettings, register, validate_options
@@ -60,8 +61,7 @@ DETAIL_SIGMA, MAX_DETAIL_GAIN = 1.5, 1.5
 def photometric_confidence(cur_src: np.ndarray, prev_src: np.ndarray, backward: np.ndarray) -> np.ndarray:
     """(H, W) float32 in [0, 1]: how well the previous source frame, warped, predicts the current one."""
     warped = warp(prev_src, backward).astype(np.float32)
-    top = float(np.iinfo(cur_src.dtype).max)  # 255, or 65535 for a deep film
-    dist = np.square((cur_src.astype(np.float32) - warped) / top).sum(axis=2)
+    dist = np.square((cur_src.astype(np.float32) - warped) / full_scale(cur_src)).sum(axis=2)
     return np.exp(-PHOTOMETRIC_FALLOFF * dist) * in_frame(backward)
 
 
@@ -136,6 +136,5 @@ class FlowBlend(NetMethod):
         blended = a * warped.astype(np.float32) + (1.0 - a) * fresh_f
         if self.keep_detail:
             blended = keep_detail(blended, fresh_f, a, self.strength)
-        top = np.iinfo(fresh.dtype).max  # uint8, or uint16 for a deep film
-        blended = np.clip(blended + 0.5, 0, top).astype(fresh.dtype)
+        blended = np.clip(blended + 0.5, 0, full_scale(fresh)).astype(fresh.dtype)  # uint8, or uint16 (deep)
         return self.run(blended[None])[0] if self.refine else blended

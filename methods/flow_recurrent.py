@@ -20,6 +20,7 @@ import torch
 from models.recurrent import RECURRENT_CHANNELS, recurrent_input
 from pipeline.carry import CarryState
 from pipeline.errors import InputError
+from pipeline.depth import full_scale
 from pipeline.flow import warp
 
 from .base import RunSettings, register
@@ -55,7 +56,7 @@ class FlowRecurrent(NetMethod):
     @torch.inference_mode()
     def _frame(self, frame: np.ndarray, prev_out: np.ndarray | None, pair) -> np.ndarray:
         """Stylize one uint8 frame given the previous uint8 output (None at a shot start)."""
-        top = float(np.iinfo(frame.dtype).max)  # 255, or 65535 for a deep film
+        top = full_scale(frame)  # 255, or 65535 for a deep film
         x = _to_tensor(frame, top)
         if prev_out is None:
             warped, mask = torch.zeros_like(x), torch.zeros_like(x[:, :1])

@@ -30,6 +30,7 @@ import numpy as np
 import torch
 
 from pipeline import upscale
+from pipeline.depth import full_scale
 from pipeline.errors import FilmstyleError, InputError
 from pipeline.hashing import file_hash
 from pipeline.paths import cache_root
@@ -166,7 +167,7 @@ class LearnedUpscaler:
         w, h = size
         if frames.shape[1:3] == (h, w):
             return frames
-        top = float(np.iinfo(frames.dtype).max)  # 255, or 65535 for a deep film
+        top = full_scale(frames)  # 255, or 65535 for a deep film
         # A few frames per call: the nets' last layers hold 64 channels at the output size (a batch
         # of 8 frames at 2560x1440 is 7.5 GB a tensor; the benchmark was killed for memory).
         fh, fw = frames.shape[1:3]

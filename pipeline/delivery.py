@@ -190,6 +190,13 @@ class Delivery:
                 f":primaries={_Z_PRIMARIES[out.primaries]}:transfer={_Z_TRANSFER[out.transfer]}"
                 f":rangein=full:range=full")
 
+    def linear_filter(self, info) -> str:
+        """The filter undoing the output's transfer (display-linear float RGB, as EXR holds it)."""
+        tags = self.tags(info)
+        p = _Z_PRIMARIES[tags.primaries]
+        return (f"format=gbrpf32le,zscale=primariesin={p}:primaries={p}"
+                f":transferin={_Z_TRANSFER[tags.transfer]}:transfer=linear:rangein=full:range=full")
+
     def out_matrix(self, info) -> str:
         """The scale filter's name for the output's YCbCr matrix."""
         return _SCALE_MATRIX[self.tags(info).matrix]

@@ -21,7 +21,7 @@ from pathlib import Path
 import av
 
 from . import ffmpeg_tools as ft
-from .delivery import SEQUENCE_MANIFEST, Delivery, _Z_PRIMARIES, _Z_TRANSFER
+from .delivery import SEQUENCE_MANIFEST, Delivery
 from .errors import OutputError
 
 EXTENSIONS = {"png": "png", "tiff": "tif", "exr": "exr"}
@@ -31,8 +31,8 @@ def frame_pattern(name: str, delivery: Delivery) -> str:
     return f"{name}.%07d.{EXTENSIONS[delivery.codec]}"
 
 
-def _images_cmd(video: str, pattern: str, delivery: Delivery, tags) -> list[str]:
-    """The lossless RGB video -> numbered images in the delivery's format. EXR gets scene-linear
+def _images_cmd(video: str, pattern: str, delivery: Delivery, source) -> list[str]:
+    """The lossless RGB video -> numbered images in the delivery's format. EXR gets display-linear
     values (the transfer undone), as compositing software reads it."""
     import ffmpeg
 
@@ -40,9 +40,7 @@ def _images_cmd(video: str, pattern: str, delivery: Delivery, tags) -> list[str]
     opts = {"c:v": spec.encoder, "pix_fmt": delivery.pix_fmt, "start_number": 0, "format": "image2",
             **spec.options}
     if delivery.codec == "exr":
-        p = _Z_PRIMARIES[tags.primaries]
-        opts["vf"] = (f"format=gbrpf32le,zscale=primariesin={p}:primaries={p}"
-                      f":transferin={_Z_TRANSFER[tags.transfer]}:transfer=linear:rangein=full:range=full")
+        opts["vf"] = delivery.linear_filter(source)
         opts["format:v"] = "half" if delivery.depth == 16 else "float"
     return ft.build_cmd(ffmpeg.input(video).output(pattern, **opts))
 
@@ -90,7 +88,7 @@ def write_sequence(video: str, folder: str | os.PathLike, *, source, delivery: D
     try:
         tags = delivery.tags(source)
         pattern = frame_pattern(name, delivery)
-        proc = ft.run(_images_cmd(video, str(tmp / pattern), delivery, tags))
+        proc = ft.run(_images_cmd(video, str(tmp / pattern), delivery, source))
         if proc.returncode != 0:
             raise OutputError(f"{target}: writing the images failed ({ft.last_error_line(proc.stderr)})")
         written = len(list(tmp.glob(f"{name}.*.{EXTENSIONS[delivery.codec]}")))

@@ -13,6 +13,8 @@ from typing import Callable, Protocol
 import cv2
 import numpy as np
 
+from .depth import full_scale
+
 
 class Upscaler(Protocol):
     name: str
@@ -105,10 +107,10 @@ class Guided(_CV2Resize):
             raise ValueError(f"guide frames {guide.shape} do not match {len(frames)} frames at {w}x{h}")
         lh, lw = frames.shape[1:3]
         k = (2 * self.RADIUS + 1,) * 2
-        top = float(np.iinfo(frames.dtype).max)
+        top = full_scale(frames)
         out = np.empty_like(up)
         for i, (p, g, u) in enumerate(zip(frames, guide, up)):
-            g_hi = cv2.cvtColor(g, cv2.COLOR_RGB2GRAY).astype(np.float32) / float(np.iinfo(g.dtype).max)
+            g_hi = cv2.cvtColor(g, cv2.COLOR_RGB2GRAY).astype(np.float32) / full_scale(g)
             g_lo = cv2.resize(g_hi, (lw, lh), interpolation=cv2.INTER_AREA)
             detail = g_hi - cv2.resize(g_lo, (w, h), interpolation=self.interpolation)
             p = p.astype(np.float32) / top
