@@ -64,16 +64,20 @@ def cache_folder() -> Path:
 class Style:
     """A shipped (or given) net with what judging it needs: painting target, loss weights."""
 
-    def __init__(self, name: str, vgg, device: str = "cpu"):
+    def __init__(self, name: str, vgg, device: str = "cpu", precision: str = "fp32"):
         from models import losses as L
         from methods import resolve_style
         from models.checkpoint import load_style_model
         from models.data import load_rgb, to_tensor
         from models.train import TrainConfig
 
-        self.name, self.device = name, device
+        from models.inference import for_inference
+
+        self.name, self.device, self.precision = name, device, precision
         self.net, self.card = load_style_model(resolve_style(name))
         self.net = self.net.to(device)
+        # what a render runs (models/inference.py): the judge's numbers must not move with it
+        self.fast = for_inference(self.net, precision)
         cfg = self.card.get("config", {})
         self.style_size = int(cfg.get("style_size") or TrainConfig.style_size)
         self.painting = DATA / "styles" / self.card["style_image"]
@@ -84,7 +88,9 @@ class Style:
 
     @torch.no_grad()
     def stylize(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net.stylize(x).clamp(0, 1)
+        dtype = torch.bfloat16 if self.precision == "bf16" else torch.float32
+        x = x.to(dtype).contiguous(memory_format=torch.channels_last)
+        return self.fast.stylize(x).float().clamp(0, 1).contiguous()
 
 
 @torch.no_grad()
@@ -252,6 +258,8 @@ def main() -> None:
     ap.add_argument("--sheet", default=str(ROOT / "docs" / "styles.png"), help="'' for none")
     ap.add_argument("--scale-sheet", default=None, metavar="PNG",
                     help="also draw the --style-scale picture (docs/style_scale.png) with the first style")
+    ap.add_argument("--precision", default="fp32", choices=["fp32", "bf16"],
+                    help="run the nets in bf16 as a render on a bf16-fast CPU does (the losses stay fp32)")
     ap.add_argument("--json", default=None)
     add_device_option(ap, "the nets, the loss network and the optimizer")
     args = ap.parse_args()
@@ -273,7 +281,7 @@ def main() -> None:
         print(f"imported {import_optimum(Path(args.import_optimum), cache)} optima into {cache.folder}")
     photos = sorted(TEST.glob("*.jpg"))[: args.limit]
     vgg = loss_network(tuple(sorted(set(L.STYLE_LAYERS) | set(L.CONTENT_LAYERS)))).to(device)
-    styles = [Style(n, vgg, device) for n in (args.styles or list(shipped_styles()))]
+    styles = [Style(n, vgg, device, args.precision) for n in (args.styles or list(shipped_styles()))]
     results = {}
     for s in styles:
         row = judge_net(s, photos, vgg)

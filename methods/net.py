@@ -12,12 +12,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from models.inference import for_inference
 from pipeline.errors import InputError
 
 from .base import Method, RunSettings
-
-_AUTOCAST = {"bf16": torch.bfloat16, "fp16": torch.float16}
-
 
 def configure_threads(threads: int | None) -> int:
     """Use every core (or the given count) for intra-op parallelism; returns the count set."""
@@ -57,7 +55,7 @@ class NetRunner:
     def __init__(self, model_path: str | Path, run: RunSettings = RunSettings()):
         from models.checkpoint import file_digest, load_style_model
 
-        if run.precision not in ("fp32", *_AUTOCAST):
+        if run.precision not in ("fp32", "bf16", "fp16"):
             raise InputError(f"unknown precision {run.precision!r} (fp32, bf16 or fp16)")
         if run.precision == "fp16" and not run.device.startswith("cuda"):
             raise InputError("fp16 runs on CUDA only; on a CPU use fp32 or bf16")
@@ -68,7 +66,10 @@ class NetRunner:
         self.device, self.batch = run.device, max(1, int(run.batch))
         self.precision, self.style_scale = run.precision, float(run.style_scale)
         self.cuda = self.device.startswith("cuda")
-        self.net = self.net.to(memory_format=torch.channels_last)
+        # bf16 runs the whole net in bf16 (no casts around every layer); fp16 keeps autocast, whose
+        # fp32 islands guard its narrow range
+        self.net = for_inference(self.net, "bf16" if self.precision == "bf16" else "fp32")
+        self.dtype = torch.bfloat16 if self.precision == "bf16" else torch.float32
 
     def params(self) -> dict:
         """What of the running changes the output (a scale of 1 is left out: keys from before it stay valid)."""
@@ -87,9 +88,9 @@ class NetRunner:
         if self.style_scale != 1:
             x = _resize(x, (max(4, round(size[0] / self.style_scale)), max(4, round(size[1] / self.style_scale))))
             x = x.contiguous(memory_format=torch.channels_last)
-        with torch.autocast(device_type=self.device.split(":")[0], dtype=_AUTOCAST.get(self.precision, torch.bfloat16),
-                            enabled=self.precision in _AUTOCAST):
-            y = self.net.stylize(x)
+        with torch.autocast(device_type=self.device.split(":")[0], dtype=torch.float16,
+                            enabled=self.precision == "fp16"):
+            y = self.net.stylize(x.to(self.dtype)).float()
         return _resize(y, size).clamp_(0, 1) if self.style_scale != 1 else y
 
     @torch.inference_mode()

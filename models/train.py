@@ -122,9 +122,11 @@ def train(cfg: TrainConfig, *, restart: bool = False, progress: bool = True, log
     if cfg.init:
         net = warm_start(cfg.init, net.config)
     net = net.to(device)
-    if device.startswith("cuda"):  # cuDNN's fastest layout and algorithms for these convolutions
+    if device.startswith("cuda"):  # cuDNN's fastest algorithms for these convolutions
         torch.backends.cudnn.benchmark = True
-        net, vgg = net.to(memory_format=torch.channels_last), vgg.to(memory_format=torch.channels_last)
+    # channels-last on every device: oneDNN too runs these convolutions faster so (a step of batch 8
+    # at 256 px, bf16 on a 2-core AMD EPYC with AVX-512 BF16: 5.9 s against 7.3 s)
+    net, vgg = net.to(memory_format=torch.channels_last), vgg.to(memory_format=torch.channels_last)
     opt = torch.optim.Adam(net.parameters(), lr=cfg.lr)
     gen = torch.Generator().manual_seed(cfg.seed)
     sampler = CropSampler(files, cfg.image_size, gen, device)

@@ -6,10 +6,15 @@ exists.
 """
 from __future__ import annotations
 
+import os
 import subprocess
 from pathlib import Path
 
 import pytest
+
+# Tests compare renders with nets run directly in fp32; a render would pick bf16 on CPUs where it
+# is faster (pipeline/device.py). tests/test_precision.py covers that choice and bf16's bound.
+os.environ.setdefault("FILMSTYLE_CPU_PRECISION", "fp32")
 
 SHARED_VIDEOS = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "videos"
 
