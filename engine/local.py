@@ -5,6 +5,8 @@ core (or ``--threads``) inside each net call.
 """
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
+
 from pipeline.device import resolve_device
 from pipeline.plan import Chunk
 
@@ -40,15 +42,41 @@ class LocalExecutor(Executor):
             done(chunk, flow_for_chunk(job, chunk))
 
     def stylize(self, job: RenderJob, chains: list[list[Chunk]], done: ChunkDone) -> dict:
+        """One chunk after another; each chunk's segment is finished and committed in a thread
+        while the net runs the next one (``ChunkWorker.start``), and reported here once it landed.
+        A failure stops the render with the chunks before it committed and nothing after."""
         import torch
 
         worker = ChunkWorker(job, device=job.cfg.device)
-        for chain in chains:
-            state = None  # the first chunk of a chain loads its carry-in from storage (or starts a shot)
-            for chunk in chain:
-                timer = StageTimer()
-                state, info = worker.run(chunk, state, timer=timer)
+        pending: tuple | None = None  # (chunk, timer, future of its commit)
+
+        def land() -> None:
+            nonlocal pending
+            if pending is not None:
+                chunk, timer, future = pending
+                pending = None
+                info = future.result()
                 done(chunk, {**info, "stages": timer.seconds})
+
+        with ThreadPoolExecutor(1, thread_name_prefix="filmstyle-commit") as committer:
+            try:
+                for chain in chains:
+                    state = None  # the first chunk of a chain loads its carry-in from storage (or starts a shot)
+                    for chunk in chain:
+                        if worker.needs_stored_state(chunk, state):
+                            land()
+                        timer = StageTimer()
+                        state, commit = worker.start(chunk, state, timer=timer)
+                        try:
+                            land()  # the previous chunk's commit ran beside this chunk's net
+                        except BaseException:
+                            commit.abort()
+                            raise
+                        pending = (chunk, timer, committer.submit(commit))
+                land()
+            finally:
+                if pending is not None:  # let a commit that was under way land (its chunk is whole)
+                    pending[2].exception()
         return {"count": 1, "device": job.cfg.device, "threads": torch.get_num_threads(), "nodes": []}
 
 

@@ -85,12 +85,17 @@ class Behind:
             self._pending = None
             self._pool.shutdown(wait=True)
 
+    def abort(self) -> None:
+        """Let the running job end, drop its result and any waiting one."""
+        self._pending = None
+        self._pool.shutdown(wait=True, cancel_futures=True)
+
     def __enter__(self) -> "Behind":
         return self
 
     def __exit__(self, exc_type, exc, tb) -> bool:
         if exc_type is None:
             self.finish()
-        else:  # the caller failed: let the running job end, drop its result
-            self._pool.shutdown(wait=True, cancel_futures=True)
+        else:  # the caller failed
+            self.abort()
         return False

@@ -81,6 +81,41 @@ def test_chunked_render_equals_unchunked(tmp_path, demo_clip, tiny_style):
     assert np.array_equal(outs[0], outs[1])
 
 
+def test_encoder_failing_at_a_chunks_close_leaves_it_uncommitted_and_the_render_resumes(
+        tmp_path, demo_clip, tiny_style, monkeypatch):
+    """A segment is finished and committed in a thread while the net runs the next chunk: when
+    x264 fails as chunk 3 closes, chunks 1-2 stay committed, 3 and 4 are not, nothing half-written
+    is left, and the rerun resumes from chunk 3 to the same frames as a clean render."""
+    cfg = _cfg(demo_clip, tmp_path / "r.mp4", tiny_style, tmp_path, chunk_frames=8, crf=0,
+               workdir=str(tmp_path / "work"))
+    closes = {"n": 0}
+    original_close = media.SegmentWriter.close
+
+    def fails_third(self):
+        closes["n"] += 1
+        if closes["n"] == 3:
+            self.abort()
+            raise media.OutputError(f"{self.path}: encoding failed (a stand-in for x264 dying)")
+        return original_close(self)
+
+    monkeypatch.setattr(media.SegmentWriter, "close", fails_third)
+    with pytest.raises(media.OutputError, match="stand-in"):
+        render(cfg, progress=False, log=lambda m: None)
+    assert not Path(cfg.output).exists()
+    work = Path(cfg.workdir)
+    markers = sorted(p.name for p in work.rglob("*.done"))
+    assert len(markers) == 2, markers
+    segments = sorted(p.name for p in (work / "segments").iterdir())
+    assert len(segments) == 2, segments  # chunk 3's segment never landed; 4 was dropped
+    monkeypatch.setattr(media.SegmentWriter, "close", original_close)
+    report = render(cfg, progress=False, log=lambda m: None)
+    assert report.chunks_resumed == 2
+    clean = tmp_path / "clean.mp4"
+    render(_cfg(demo_clip, clean, tiny_style, tmp_path / "other", chunk_frames=8, crf=0), progress=False,
+           log=lambda m: None)
+    assert np.array_equal(_decode_all(cfg.output), _decode_all(str(clean)))
+
+
 def test_killed_render_resumes_without_recomputing(tmp_path, demo_clip, tiny_style, monkeypatch):
     cfg = _cfg(demo_clip, tmp_path / "r.mp4", tiny_style, tmp_path, chunk_frames=8, crf=0)
     calls = {"n": 0}
