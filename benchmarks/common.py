@@ -62,3 +62,29 @@ def cpu_description() -> str:
     except Exception:
         bf16 = False
     return f"{model}, {os.cpu_count()} cores, {'AVX-512 BF16' if bf16 else 'no fast bf16'}"
+
+
+# What one device call carries (the device tool's README): this checkout's tracked and untracked,
+# unignored files, plus the ignored paths it is asked to carry, together at most 64 MiB.
+DEVICE_LIMIT = 64 * 2**20
+
+
+def working_tree_bytes() -> int:
+    """Bytes of what a device call copies from this checkout: tracked and untracked-unignored files."""
+    out = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=ROOT,
+                         capture_output=True, check=True).stdout
+    return sum((ROOT / p).stat().st_size for p in out.decode().split("\0") if p and (ROOT / p).is_file())
+
+
+def report_device_payload(pack: Path) -> int:
+    """Print what a device call carrying ``pack`` would move, and what to do when it is too much."""
+    size = sum(f.stat().st_size for f in pack.rglob("*") if f.is_file())
+    tree = working_tree_bytes()
+    total = size + tree
+    print(f"{pack}: {size / 2**20:.1f} MiB; with the working tree ({tree / 2**20:.1f} MiB): {total / 2**20:.1f} MiB "
+          f"of the {DEVICE_LIMIT / 2**20:.0f} MiB a device call carries")
+    if total > DEVICE_LIMIT:
+        print("too much for one device call. The shipped weights and docs pictures need not travel: for that call, "
+              "untrack them (git rm -r -q --cached models/weights docs; add both to .git/info/exclude) and "
+              "restore them afterwards (git reset -q; remove the two lines)")
+    return total

@@ -75,14 +75,33 @@ def bare_net(src: Path, style: str, width: int, precision: str, device: str) -> 
     return time.perf_counter() - t
 
 
-def pipeline(src: Path, out: Path, style: str, width: int, precision: str, device: str, workdir: Path) -> dict:
+def pipeline(src: Path, out: Path, style: str, width: int, precision: str, device: str, workdir: Path,
+             method: str = "per-frame") -> dict:
     from engine.config import RenderConfig
     from engine.local import render
 
     cfg = RenderConfig(input=str(src), output=str(out), style=style, width=width, precision=precision,
-                       device=device, batch=1, cache_dir=str(workdir / "cache"))
+                       device=device, batch=1, cache_dir=str(workdir / "cache"), method=method)
     report = render(cfg, progress=False, log=lambda m: None)
     return dict(report.stage_seconds, wall=report.wall_seconds, shots=report.shots, chunks=report.chunks)
+
+
+def flow_share(clip: Path, style: str, args, device: str, tmp: Path) -> dict:
+    """The flow stage's share of a flow method's wall time: computed, then on a restyle (another
+    style over the same film: the flow comes from the cache)."""
+    from methods import method_class
+    from models.checkpoint import shipped_styles, shipped_variant
+
+    folder = method_class(args.flow_method).checkpoint_folder
+    have = [s for s in shipped_styles() if folder is None or shipped_variant(s, folder)] or [style]
+    first = style if Path(style).stem in have else have[0]
+    other = next((s for s in have if s != first), first)
+    runs = {}
+    for name, s in (("computed", first), ("restyle", other)):
+        r = pipeline(clip, tmp / f"{args.flow_method}_{name}.mp4", s, args.width, args.precision, device, tmp,
+                     method=args.flow_method)
+        runs[name] = {"flow_s": r.get("flow", 0.0), "wall_s": r["wall"], "share": r.get("flow", 0.0) / r["wall"]}
+    return runs
 
 
 def main() -> None:
@@ -91,8 +110,11 @@ def main() -> None:
     ap.add_argument("--frames", type=int, default=240)
     ap.add_argument("--width", type=int, default=640)
     ap.add_argument("--style", default=None)
-    ap.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"])
+    ap.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
+                    help="auto (default): what a render picks on this device (pipeline/device.py)")
     ap.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
+    ap.add_argument("--flow-method", default="flow-recurrent",
+                    help="also time the flow stage of this method, computed and on a restyle ('' to skip)")
     ap.add_argument("--json", default=None, help="write results here")
     args = ap.parse_args()
 
@@ -101,6 +123,10 @@ def main() -> None:
     from pipeline.memtune import tune_malloc
 
     device = resolve_device(args.device)
+    if args.precision == "auto":
+        from pipeline.device import defaults_for
+
+        args.precision = defaults_for(device).precision
     tune_malloc()
     configure_threads(None)
     src = Path(args.input) if args.input else shared_video("imageio_cockatoo_yuv420.mp4")
@@ -111,6 +137,7 @@ def main() -> None:
         net_s = bare_net(clip, style, args.width, args.precision, device)
         base = naive(clip, tmp / "naive.mp4", style, args.width, args.precision, device)
         pipe = pipeline(clip, tmp / "pipe.mp4", style, args.width, args.precision, device, tmp)
+        flow = flow_share(clip, style, args, device, tmp) if args.flow_method else {}
     n = args.frames
     rows = []
     for stage in ("probe", "shots", "decode", "stylize", "upscale", "encode", "assemble", "wall"):
@@ -129,9 +156,13 @@ def main() -> None:
           f"net share of pipeline wall time: {net_share:.1%}; shots {pipe['shots']}, chunks {pipe['chunks']}")
     print(f"bare net: {net_s:.2f} s ({n / net_s:.2f} fps); end-to-end render / bare net frames per second: "
           f"{net_s / pipe['wall']:.3f} (target >= 0.95); CPU: {cpu_description()}")
+    for name, r in flow.items():
+        print(f"{args.flow_method}, flow {name}: flow stage {r['flow_s']:.2f} s of {r['wall_s']:.2f} s wall "
+              f"({r['share']:.1%}; target <= 10% computed, 0% on a restyle)")
     if args.json:
         Path(args.json).write_text(json.dumps({"frames": n, "naive": base, "pipeline": pipe, "bare_net_s": net_s,
-                                               "overhead": overhead, "net_share": net_share}, indent=2))
+                                               "overhead": overhead, "net_share": net_share, "flow": flow},
+                                              indent=2))
 
 
 if __name__ == "__main__":

@@ -87,8 +87,9 @@ def pack(dest: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
     for file in STYLES.values():  # the files themselves: the cards record their hashes
         shutil.copyfile(DATA / "styles" / file, out / file)
-    size = sum(f.stat().st_size for f in dest.rglob("*") if f.is_file())
-    print(f"{dest}: {size / 2**20:.1f} MiB")
+    from benchmarks.common import report_device_payload
+
+    report_device_payload(dest)
 
 
 # ---------------------------------------------------------------- one training run (a subprocess)
@@ -305,7 +306,9 @@ def run_all(args) -> None:
         return max(20, int(4 * share * left / (nets * step_s * cost)))
 
     def image_spec(style: str, norm: str, steps: int, deadline: float, folder: str) -> dict:
-        return {"kind": "image", "style": str(pack_dir / "styles" / STYLES[style]),
+        shipped_net = ROOT / "models" / "weights" / f"{style}.safetensors"
+        init = {"init": str(shipped_net)} if args.init_shipped and folder == "image" and shipped_net.exists() else {}
+        return {**init, "kind": "image", "style": str(pack_dir / "styles" / STYLES[style]),
                 "data": [str(pack_dir / "bsds500" / "train"), str(pack_dir / "bsds500" / "val")], "out": str(work / folder / f"{style}.safetensors"),
                 "norm": norm, "batch_size": args.batch, "image_size": args.image_size, "steps": steps, "vgg": vgg_path, "device": device,
                 "max_seconds": deadline, "sample_every_s": 1e9, "checkpoint_every_s": 60,
@@ -421,6 +424,9 @@ def main() -> None:
     p.add_argument("--skip-optimum", action="store_true")
     p.add_argument("--batch", type=int, default=BATCH)
     p.add_argument("--image-size", type=int, default=256)
+    p.add_argument("--init-shipped", action="store_true",
+                   help="continue the shipped nets (models/weights) instead of starting from nothing; a style "
+                        "without one (la_muse) still starts from nothing")
     p.add_argument("--lr-decay", default="cosine", choices=["constant", "cosine"],
                    help="image nets' learning rate after warm-up (cosine: to 0 by the calibrated last step; on "
                         "this CPU it bought 8%% of content loss for 2%% of style in a fine-tune; default cosine)")

@@ -42,7 +42,7 @@ def test_a_tiny_run_trains_judges_and_packs_every_phase(tmp_path):
     proc = subprocess.run(
         [sys.executable, str(SCRIPT), "run", "--pack", str(pack), "--out", str(out), "--work", str(tmp_path),
          "--device", "cpu", "--budget-s", "60", "--batch", "1", "--image-size", "32", "--calibration-steps", "2",
-         "--styles", "starry_night", "--optimum-steps", "2", "--judge-photos", "1"],
+         "--styles", "starry_night", "--optimum-steps", "2", "--judge-photos", "1", "--init-shipped"],
         capture_output=True, text=True, cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     results = json.loads((out / "results.json").read_text())
@@ -58,5 +58,6 @@ def test_a_tiny_run_trains_judges_and_packs_every_phase(tmp_path):
     assert {"image/starry_night.safetensors", "recurrent/starry_night.safetensors"} <= names
     # the card names the painting and the data by what they are, never by this machine's paths
     assert card["style_image"] == "starry_night.jpg"
+    assert card["init"]["name"] == "starry_night.safetensors"  # --init-shipped: the shipped net went on training
     assert card["config"]["data"] == ["bsds500/train", "bsds500/val"]
     assert not any(str(v).startswith("/") for v in card["config"].values())
