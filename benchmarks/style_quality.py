@@ -238,12 +238,13 @@ def scale_sheet(style: str, out: Path, photo: Path = DATA / "content" / "chicago
 
 
 def verdict(row: dict, vs: dict | None) -> str:
+    """"yes" only when every target was measured and met: without the optimum (not computed, or
+    skipped with --optimum-photos 0) a net that meets the tone and reduction targets is "no optimum"."""
     ok = row["tone"] >= TARGETS["tone"] and row["reduction"] >= TARGETS["reduction"]
-    if vs is not None and vs["optimum"] is None:
+    if vs is None or vs["optimum"] is None:
         return "no optimum" if ok else "NO"
-    if vs is not None:
-        ok = ok and vs["style_vs_optimum"] <= TARGETS["style_vs_optimum"] \
-            and vs["content_vs_optimum"] <= TARGETS["content_vs_optimum"]
+    ok = ok and vs["style_vs_optimum"] <= TARGETS["style_vs_optimum"] \
+        and vs["content_vs_optimum"] <= TARGETS["content_vs_optimum"]
     return "yes" if ok else "NO"
 
 

@@ -117,3 +117,20 @@ def test_style_scale_out_of_range_is_a_clear_error(tiny_styles):
 
     with pytest.raises(InputError, match="style scale"):
         make_method("per-frame", tiny_styles[0], RunSettings(style_scale=0))
+
+
+def test_the_judge_says_yes_only_when_every_target_was_measured_and_met():
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from benchmarks.style_quality import verdict
+
+    good = {"tone": 0.99, "reduction": 12.0}
+    near = {"optimum": {"style": 0.15}, "style_vs_optimum": 1.8, "content_vs_optimum": 1.2}
+    far = {"optimum": {"style": 0.15}, "style_vs_optimum": 2.3, "content_vs_optimum": 2.4}
+    assert verdict(good, near) == "yes"
+    assert verdict(good, far) == "NO"
+    assert verdict(good, None) == "no optimum"  # --optimum-photos 0: the optimum targets were not measured
+    assert verdict(good, {"optimum": None}) == "no optimum"
+    assert verdict({"tone": 0.5, "reduction": 12.0}, None) == "NO"

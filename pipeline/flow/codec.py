@@ -23,7 +23,9 @@ _MAGIC = b"FSFLOW"
 _HEADER = struct.Struct("<6sHIIffQ32s")
 #: Flow is stored in steps of 1/32 px (max error 1/64 px, 30-100x below DIS's own error).
 _SCALE = 32.0
-_ZLIB_LEVEL = 6
+# zlib level 1: on a 640x360 DIS pair (cockatoo clip) 13 ms and 290 kB, against 73 ms and 235 kB at
+# level 6 (which took more time than DIS itself, 34 ms a pair); any level decodes the same way.
+_ZLIB_LEVEL = 1
 
 
 class CorruptEntry(ValueError):
