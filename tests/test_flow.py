@@ -506,3 +506,18 @@ def test_cached_flow_source_computes_on_miss_only_with_frames(tmp_path):
     assert cache.has(2) and cache.stats().bytes_written > 0
     again = CachedFlowSource(cache).pair(2)  # now served from the cache without frames
     np.testing.assert_array_equal(again.backward, pair.backward)
+
+
+def test_dis_computes_both_directions_at_once_to_the_same_flow():
+    """The backward flow runs in a thread with its own estimator: the pair must equal two calls."""
+    from pipeline.flow.backends import DISBackend
+
+    rng = np.random.default_rng(0)
+    a = (rng.random((72, 96, 3)) * 255).astype(np.uint8)
+    b = np.roll(a, 3, axis=1)
+    both = DISBackend("medium")
+    fwd, bwd = both.bidirectional(a, b)
+    one = DISBackend("medium")
+    assert np.array_equal(fwd, one(a, b)) and np.array_equal(bwd, one(b, a))
+    again = pickle.loads(pickle.dumps(both))  # Ray ships backends: the estimators stay behind
+    assert np.array_equal(again.bidirectional(a, b)[1], bwd)
