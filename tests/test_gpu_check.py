@@ -61,3 +61,42 @@ def test_quick_run_on_the_cpu_measures_every_phase(tmp_path, media_clip):
     table = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "gpu_check.py"), "table",
                             str(out / "gpu_check.json")], capture_output=True, text=True, check=True).stdout
     assert "| full | 64x112 |" in table and "render at width 128" in table
+
+
+@pytest.mark.slow
+def test_the_pack_brings_what_the_gpu_machine_lacks(tmp_path, media_clip):
+    """On a machine with only torch, numpy, OpenCV, scikit-image, safetensors, h5py and PIL, a run
+    with the pack's wheels measures the nets and training, and says why the render phase could not
+    run (PyAV is not packed by default)."""
+    pack = tmp_path / "pack"
+    subprocess.run([sys.executable, str(ROOT / "benchmarks" / "gpu_check.py"), "pack", str(pack)], check=True,
+                   capture_output=True, cwd=ROOT)
+    shutil.copyfile(media_clip("main.mp4"), pack / gpu_check.CLIP)
+    out = tmp_path / "out"
+    code = f"""
+import importlib.abc, importlib.machinery, sys
+LACKING = {{'av', 'ray', 'prefect', 'boto3', 'botocore', 'scenedetect', 'imageio_ffmpeg', 'ffmpeg', 'past',
+           'future', 'click', 'platformdirs', 'tqdm'}}
+
+class OnlyFromTheWheels(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.split('.')[0] in LACKING and path is None:
+            site = [p for p in sys.path if p.endswith('/site')]
+            spec = importlib.machinery.PathFinder.find_spec(name, site)
+            if spec is None:
+                raise ModuleNotFoundError(f"No module named {{name!r}}", name=name)
+            return spec
+        return None
+
+sys.meta_path.insert(0, OnlyFromTheWheels())
+sys.argv = ['gpu_check.py', 'run', '--pack', {str(pack)!r}, '--out', {str(out)!r}, '--device', 'cpu', '--quick',
+            '--work', {str(tmp_path)!r}]
+import runpy
+runpy.run_path({str(ROOT / 'benchmarks' / 'gpu_check.py')!r}, run_name='__main__')
+"""
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    r = json.loads((out / "gpu_check.json").read_text())
+    assert r["training"]["seconds_per_step"] > 0 and any(k.startswith("full/") for k in r["nets"])
+    assert "av is not importable" in r["render"]["skipped"]
+    assert set(r["wheels"]) >= {w.name for w in (pack / "wheels").glob("*.whl")}
