@@ -2,8 +2,9 @@
 
 In one run: the best rate of a 3x3 convolution in the residual blocks' shape (128 channels on
 160x90 maps, channels-last) in fp32 and bf16; then the full and student nets at 640x360 as a
-render runs them (``NetRunner``), in each precision, as FLOPs per frame times frames per second
-and as a share of the best convolution rate; then, on real frames, how far the bf16 output is
+per-frame render runs them (``NetRunner`` on 8 uint8 frames: side by side, one core each), in each
+precision, as FLOPs per frame times frames per second and as a share of the best convolution rate
+(and, beside it, one frame at a time on every core: how flow-recurrent runs them); then, on real frames, how far the bf16 output is
 from the fp32 output in 8-bit levels, beside what x264 at the delivery's CRF changes in the fp32
 output. Threads: every core, and one.
 
@@ -43,14 +44,14 @@ def conv_flops(net, size=SIZE) -> float:
     return float(total[0])
 
 
-def frames_per_second(runner, x, seconds: float = 6.0) -> float:
-    runner.apply(x)
-    runner.apply(x)
+def frames_per_second(fn, frames: int, seconds: float = 6.0) -> float:
+    fn()
+    fn()
     n, t0 = 0, time.perf_counter()
     while n < 3 or time.perf_counter() - t0 < seconds:
-        runner.apply(x)
+        fn()
         n += 1
-    return n / (time.perf_counter() - t0)
+    return n * frames / (time.perf_counter() - t0)
 
 
 def x264_levels(frames, crf: int) -> float:
@@ -98,6 +99,7 @@ def main() -> None:
     nets = {"full": full, "student": str(student)}
     flops = {k: conv_flops(load_style_model(p)[0]) for k, p in nets.items()}
     x = torch.rand(1, 3, *SIZE).contiguous(memory_format=torch.channels_last)
+    batch = np.random.default_rng(0).integers(0, 256, (8, *SIZE, 3), dtype=np.uint8)
 
     result = {"cpu": cpu_description(), "cores": cores, "auto_precision": cpu_precision(), "conv": {}, "nets": {},
               "flops_per_frame": flops}
@@ -111,8 +113,11 @@ def main() -> None:
         for name, path in nets.items():
             for p in precisions:
                 runner = NetRunner(path, RunSettings(device="cpu", precision=p))
-                fps = frames_per_second(runner, x, args.seconds)
-                result["nets"][f"{name}/{p}/{threads}"] = {"fps": fps, "gflops": flops[name] * fps / 1e9}
+                one = frames_per_second(lambda: runner.apply(x), 1, args.seconds)
+                # as a per-frame render runs it: uint8 frames in and out, side by side on the cores
+                fps = frames_per_second(lambda: runner(batch), len(batch), args.seconds)
+                result["nets"][f"{name}/{p}/{threads}"] = {"fps": fps, "gflops": flops[name] * fps / 1e9,
+                                                          "fps_one_frame": one}
     configure_threads(cores)
 
     info = media.probe(shared_video("imageio_cockatoo_yuv420.mp4"))
@@ -125,15 +130,16 @@ def main() -> None:
         result["bf16_levels"] = {"mean": float(d.mean()), "p99": float(np.percentile(d, 99)), "max": int(d.max())}
 
     print(f"CPU: {result['cpu']}; a render picks {result['auto_precision']} here")
-    print("| threads | precision | 3x3 conv GFLOP/s | full net fps | full GFLOP/s | of best conv | "
-          "student fps | student GFLOP/s | of best conv |")
+    print("| threads | precision | 3x3 conv GFLOP/s | full net fps (one frame at a time) | full GFLOP/s | "
+          "of best conv | student fps (one frame at a time) | student GFLOP/s | of best conv |")
     print("|---|---|---|---|---|---|---|---|---|")
     for threads in sorted({cores, 1}, reverse=True):
         best = max(result["conv"][f"{p}/{threads}"] for p in precisions)
         for p in precisions:
             f, s = result["nets"][f"full/{p}/{threads}"], result["nets"][f"student/{p}/{threads}"]
-            print(f"| {threads} | {p} | {result['conv'][f'{p}/{threads}']:.0f} | {f['fps']:.2f} | {f['gflops']:.0f} | "
-                  f"{f['gflops'] / best:.0%} | {s['fps']:.2f} | {s['gflops']:.0f} | {s['gflops'] / best:.0%} |")
+            print(f"| {threads} | {p} | {result['conv'][f'{p}/{threads}']:.0f} | {f['fps']:.2f} "
+                  f"({f['fps_one_frame']:.2f}) | {f['gflops']:.0f} | {f['gflops'] / best:.0%} | {s['fps']:.2f} "
+                  f"({s['fps_one_frame']:.2f}) | {s['gflops']:.0f} | {s['gflops'] / best:.0%} |")
     print(f"FLOPs per frame at 640x360: full {flops['full'] / 1e9:.1f} G, student {flops['student'] / 1e9:.1f} G")
     if "bf16_levels" in result:
         b = result["bf16_levels"]

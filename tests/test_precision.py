@@ -118,3 +118,14 @@ def test_bf16_stays_within_a_level_of_fp32_on_a_real_frame(shared_video):
            for p in ("fp32", "bf16")}
     d = np.abs(out["bf16"] - out["fp32"])
     assert d.mean() < 1.0 and np.percentile(d, 99) <= 4, (d.mean(), np.percentile(d, 99))
+
+
+def test_frames_side_by_side_equal_frames_one_at_a_time(tiny_styles):
+    from methods import NetRunner, RunSettings
+
+    runner = NetRunner(tiny_styles[0], RunSettings(device="cpu", precision="fp32"))
+    frames = np.random.default_rng(1).integers(0, 256, (5, 40, 64, 3), dtype=np.uint8)
+    runner.frame_threads = 2
+    side_by_side = runner(frames)
+    runner.frame_threads = 1
+    assert np.array_equal(side_by_side, runner(frames))
