@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -88,3 +89,12 @@ def report_device_payload(pack: Path) -> int:
               "untrack them (git rm -r -q --cached models/weights docs; add both to .git/info/exclude) and "
               "restore them afterwards (git reset -q; remove the two lines)")
     return total
+
+
+def log(msg: str, path: Path | None = None) -> None:
+    """A timestamped line on stdout, and appended to ``path`` (the GPU scripts' logs come back as files)."""
+    line = f"[{time.strftime('%H:%M:%S')}] {msg}"
+    print(line, flush=True)
+    if path:
+        with open(path, "a") as f:
+            f.write(line + "\n")

@@ -44,20 +44,14 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.common import log  # noqa: E402
+
 CLIP = "imageio_cockatoo_yuv420.mp4"
 # ffmpeg-python imports ``past`` (the ``future`` package); PySceneDetect needs click, platformdirs, tqdm
 PURE_WHEELS = ("ffmpeg-python==0.2.0", "future", "scenedetect", "platformdirs", "click", "tqdm")
 BINARY_WHEELS = ("av", "imageio-ffmpeg")
 SIZES = {"640x360": (360, 640), "1280x720": (720, 1280), "1920x1080": (1080, 1920)}
 BATCHES = (1, 2, 4, 8, 16)
-
-
-def log(msg: str, path: Path | None = None) -> None:
-    line = f"[{time.strftime('%H:%M:%S')}] {msg}"
-    print(line, flush=True)
-    if path:
-        with open(path, "a") as f:
-            f.write(line + "\n")
 
 
 # ---------------------------------------------------------------- pack (here)

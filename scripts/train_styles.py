@@ -39,6 +39,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.common import log  # noqa: E402
+
 DATA = ROOT.parent / "shared" / "data"
 #: name -> painting file in ../shared/data/styles. la_muse is not shipped: it checks that the
 #: defaults reach the targets on a painting no recipe was tuned on.
@@ -53,14 +55,6 @@ BATCH = 8  # more pixels per step than Johnson et al.'s 4: the GPU has room, the
 # Shares of the budget (what is left after start-up and calibration); without --ab, the A/B's
 # share goes to the image nets.
 SHARES = {"ab": 0.30, "image": 0.45, "recurrent": 0.15}
-
-
-def log(msg: str, path: Path | None = None) -> None:
-    line = f"[{time.strftime('%H:%M:%S')}] {msg}"
-    print(line, flush=True)
-    if path:
-        with open(path, "a") as f:
-            f.write(line + "\n")
 
 
 # ---------------------------------------------------------------- pack (here)

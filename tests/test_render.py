@@ -81,6 +81,16 @@ def test_chunked_render_equals_unchunked(tmp_path, demo_clip, tiny_style):
     assert np.array_equal(outs[0], outs[1])
 
 
+def _resumes_to_a_clean_render(cfg, demo_clip, tiny_style, tmp_path, resumed: int) -> None:
+    """Rerun ``cfg``: ``resumed`` chunks come from the interrupted run, and the frames equal a clean render's."""
+    report = render(cfg, progress=False, log=lambda m: None)
+    assert report.chunks_resumed == resumed
+    clean = tmp_path / "clean.mp4"
+    render(_cfg(demo_clip, clean, tiny_style, tmp_path / "other", chunk_frames=8, crf=0), progress=False,
+           log=lambda m: None)
+    assert np.array_equal(_decode_all(cfg.output), _decode_all(str(clean)))
+
+
 def test_encoder_failing_at_a_chunks_close_leaves_it_uncommitted_and_the_render_resumes(
         tmp_path, demo_clip, tiny_style, monkeypatch):
     """A segment is finished and committed in a thread while the net runs the next chunk: when
@@ -108,12 +118,7 @@ def test_encoder_failing_at_a_chunks_close_leaves_it_uncommitted_and_the_render_
     segments = sorted(p.name for p in (work / "segments").iterdir())
     assert len(segments) == 2, segments  # chunk 3's segment never landed; 4 was dropped
     monkeypatch.setattr(media.SegmentWriter, "close", original_close)
-    report = render(cfg, progress=False, log=lambda m: None)
-    assert report.chunks_resumed == 2
-    clean = tmp_path / "clean.mp4"
-    render(_cfg(demo_clip, clean, tiny_style, tmp_path / "other", chunk_frames=8, crf=0), progress=False,
-           log=lambda m: None)
-    assert np.array_equal(_decode_all(cfg.output), _decode_all(str(clean)))
+    _resumes_to_a_clean_render(cfg, demo_clip, tiny_style, tmp_path, resumed=2)
 
 
 def test_killed_render_resumes_without_recomputing(tmp_path, demo_clip, tiny_style, monkeypatch):
@@ -132,12 +137,7 @@ def test_killed_render_resumes_without_recomputing(tmp_path, demo_clip, tiny_sty
         render(cfg, progress=False, log=lambda m: None)
     assert not Path(cfg.output).exists()
     monkeypatch.setattr(engine.chunks, "render_chunk", original)
-    report = render(cfg, progress=False, log=lambda m: None)
-    assert report.chunks_resumed == 4
-    clean = tmp_path / "clean.mp4"
-    render(_cfg(demo_clip, clean, tiny_style, tmp_path / "other", chunk_frames=8, crf=0), progress=False,
-             log=lambda m: None)
-    assert np.array_equal(_decode_all(cfg.output), _decode_all(str(clean)))
+    _resumes_to_a_clean_render(cfg, demo_clip, tiny_style, tmp_path, resumed=4)
 
 
 def test_odd_size_and_non_square_pixels(tmp_path, tiny_style):
