@@ -85,9 +85,10 @@ def report_device_payload(pack: Path) -> int:
     print(f"{pack}: {size / 2**20:.1f} MiB; with the working tree ({tree / 2**20:.1f} MiB): {total / 2**20:.1f} MiB "
           f"of the {DEVICE_LIMIT / 2**20:.0f} MiB a device call carries")
     if total > DEVICE_LIMIT:
-        print("too much for one device call. The shipped weights and docs pictures need not travel: for that call, "
-              "untrack them (git rm -r -q --cached models/weights docs; add both to .git/info/exclude) and "
-              "restore them afterwards (git reset -q; remove the two lines)")
+        print("too much for one device call. The docs pictures (8 MiB) need not travel, nor the shipped weights "
+              "(30 MiB) where the run does not read them (gpu_check and train_styles --init-shipped do): for that "
+              "call untrack them (git rm -r -q --cached docs; add docs/ to .git/info/exclude) and restore them "
+              "afterwards (git reset -q; remove the line)")
     return total
 
 
