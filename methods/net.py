@@ -116,6 +116,9 @@ class NetRunner:
         if self.frame_threads > 1 and len(starts) > 1:
             for _ in self._frame_pool().map(lambda i: self._part(frames, out, i), starts):
                 pass
+            # PyTorch keeps the last count set in any thread for threads started later (the upscale
+            # and encode threads): give them this thread's
+            torch.set_num_threads(self.cores)
         else:
             for i in starts:
                 self._part(frames, out, i)
@@ -136,8 +139,15 @@ class NetRunner:
         if self._pool is None:
             per = max(1, self.cores // self.frame_threads)
             self._pool = ThreadPoolExecutor(self.frame_threads, thread_name_prefix="filmstyle-net",
-                                            initializer=torch.set_num_threads, initargs=(per,))
+                                            initializer=_intra_op_threads, initargs=(per,))
         return self._pool
+
+
+def _intra_op_threads(n: int) -> None:
+    """This thread's intra-op thread count. PyTorch sets a thread's count from the process-wide one
+    at its first op; reading it first makes that happen now, so the count set here stays."""
+    torch.get_num_threads()
+    torch.set_num_threads(n)
 
 
 class NetMethod(Method):
