@@ -27,7 +27,7 @@ from . import losses as L
 from .checkpoint import file_digest, load_style_model, save_style_model
 from .data import data_folders, list_images, load_rgb, portable_config, resolve_recorded
 from .recurrent import RECURRENT_CHANNELS, recurrent_input
-from .train_run import Run, autocast, bf16_supported, loss_setup, now_utc, prepare_output, run_card
+from .train_run import Run, autocast, bf16_supported, loss_setup, now_utc, on_device, prepare_output, run_card
 from .train_video import _quantize
 from .transformer import SIZES, TransformerNet, straight_through_clamp
 from .video_data import SyntheticSequences
@@ -129,8 +129,7 @@ def distill(cfg: DistillConfig, *, restart: bool = False, progress: bool = True,
     device = cfg.device
     use_bf16 = bf16_supported(device) if cfg.bf16 is None else cfg.bf16
     vgg, weights, target = loss_setup(load_rgb(style_path, max_side=style_size), cfg.vgg, device)
-    a, b = a.to(device), b.to(device)
-    student = TransformerNet(SIZES[cfg.size]).to(device)
+    a, b, student, vgg = on_device(device, a, b, TransformerNet(SIZES[cfg.size]), vgg)
     opt = torch.optim.Adam(student.parameters(), lr=cfg.lr)
     gen = torch.Generator().manual_seed(cfg.seed)
     sequences = SyntheticSequences(files, cfg.image_size)

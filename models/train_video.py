@@ -22,7 +22,7 @@ from . import losses as L
 from .checkpoint import file_digest, save_style_model
 from .data import data_folders, list_images, load_rgb, portable_config, resolve_recorded
 from .recurrent import load_recurrent_init, recurrent_input
-from .train_run import Run, autocast, bf16_supported, loss_setup, now_utc, prepare_output, run_card
+from .train_run import Run, autocast, bf16_supported, loss_setup, now_utc, on_device, prepare_output, run_card
 from .transformer import straight_through_clamp
 from .video_data import DEFAULT_VIDEOS, ClipPairs, PairSampler, list_videos
 
@@ -159,7 +159,7 @@ def train_video(cfg: VideoTrainConfig, *, restart: bool = False, progress: bool 
     if weights.source != init_card.get("loss_network", weights.source):
         log(f"note: the init model was trained with {init_card['loss_network']}, this run uses {weights.source}")
 
-    net = net.to(device)
+    net, vgg = on_device(device, net, vgg)
     opt = torch.optim.Adam(net.parameters(), lr=cfg.lr)
     gen = torch.Generator().manual_seed(cfg.seed)
     clips = None
