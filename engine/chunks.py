@@ -126,6 +126,7 @@ def render_chunk(plan: RenderPlan, chunk: Chunk, source: Source, stylizer, state
 
     writer = media.SegmentWriter(segment, plan.fps, out_size, delivery=delivery, source=source.info)
     behind = Behind()
+    unfinished = Unfinished(writer, behind)
     try:
         for start, frames, guide in prefetch(_slices(source, chunk, plan.working_size, deep,
                                                      out_size if guided else None, timer, SLICE_FRAMES)):
@@ -137,10 +138,9 @@ def render_chunk(plan: RenderPlan, chunk: Chunk, source: Source, stylizer, state
                 del lookup[t]
             behind.submit(finish, out, guide)
     except BaseException:
-        behind.abort()
-        writer.abort()
+        unfinished.abort()
         raise
-    return state, Unfinished(writer, behind)
+    return state, unfinished
 
 
 class ChunkStore:

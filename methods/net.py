@@ -107,10 +107,10 @@ class NetRunner:
         deep source for a deep delivery) come back uint16: the net runs in float either way.
 
         The frames are independent, so on a CPU they go to ``frame_threads`` threads at once, each
-        net call on one core: the full net at 640x360 in bf16 ran 4.5-5.0 fps so against 3.2-4.2
-        fps with both cores on one frame (AMD EPYC, 2 cores; the layers between the convolutions
-        gain little from a second core). Frames are the same either way (thread counts do not
-        change them: models/transformer.py)."""
+        net call on one core: the full net at 640x360 in bf16 ran 5.18 fps so against 4.32 fps with
+        both cores on one frame (medians of five alternating runs, AMD EPYC, 2 cores; the layers
+        between the convolutions gain little from a second core). Frames are the same either way
+        (thread counts do not change them: models/transformer.py)."""
         out = np.empty_like(frames)
         starts = range(0, len(frames), self.batch)
         if self.frame_threads > 1 and len(starts) > 1:

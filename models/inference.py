@@ -62,7 +62,7 @@ def for_inference(net: nn.Module, precision: str = "fp32") -> nn.Module:
     ``RowConv``, and in bfloat16 throughout when ``precision`` is bf16 (the norms keep their
     statistics in float: PyTorch's group norm accumulates bf16 maps in fp32)."""
     net = copy.deepcopy(net).eval().requires_grad_(False)
-    for name, module in list(net.named_modules()):
+    for module in list(net.modules()):
         for child_name, child in list(module.named_children()):
             if _narrow(child):
                 setattr(module, child_name, RowConv(child))

@@ -16,6 +16,8 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
+from pipeline.device import intra_op_threads
+
 # Input/output convention of every net: RGB in [0, 1], shape (N, C, H, W).
 
 
@@ -94,14 +96,9 @@ class InstanceNorm(nn.InstanceNorm2d):
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if torch.is_grad_enabled() or x.device.type != "cpu" or torch.get_num_threads() == 1:
+        fixed_order = not torch.is_grad_enabled() and x.device.type == "cpu"
+        with intra_op_threads(1 if fixed_order else None):
             return nn.functional.group_norm(x, self.num_features, self.weight, self.bias, self.eps)
-        threads = torch.get_num_threads()
-        torch.set_num_threads(1)
-        try:
-            return nn.functional.group_norm(x, self.num_features, self.weight, self.bias, self.eps)
-        finally:
-            torch.set_num_threads(threads)
 
 
 def _norm_act(channels: int, kind: str, activation: bool = True) -> list[nn.Module]:

@@ -9,13 +9,14 @@ stages.
 Why bf16 on a CPU is timed, never assumed: a 3x3 convolution in bf16 runs 2x fp32 on CPUs with
 AVX-512 BF16 (Intel Xeon with AMX; AMD EPYC Zen 4: 432 against 222 GFLOP/s on 2 cores) and 10x
 slower on AVX2-only ones (11 against 122 GFLOP/s). What it changes in the picture: the full net in
-bf16 differs from fp32 by 0.6 8-bit levels on average (99th percentile 3) on a cockatoo frame,
+bf16 differs from fp32 by 0.46 8-bit levels on average (99th percentile 3) on cockatoo frames,
 well under what x264 at the default CRF 18 changes (``benchmarks/net_speed.py`` measures both).
 Frames do not depend on the thread count in either precision (models/transformer.py,
 ``InstanceNorm``), so chunks rendered by workers of different sizes agree to the bit.
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import re
 import time
@@ -69,15 +70,28 @@ def defaults_for(device: str) -> DeviceDefaults:
 BF16_MARGIN = 1.25
 
 
+@contextlib.contextmanager
+def intra_op_threads(n: int | None):
+    """Run the block with ``n`` intra-op threads in this thread (None: as it is), then restore them."""
+    import torch
+
+    previous = torch.get_num_threads()
+    if not n or n == previous:
+        yield
+        return
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
 def conv_seconds(dtype, threads: int | None = None, repeats: int = 3) -> float:
     """Best time of a 128-channel 3x3 convolution on 160x90 maps (the residual blocks' shape at
     640x360) in ``dtype``, channels-last, on this CPU."""
     import torch
 
-    previous = torch.get_num_threads()
-    if threads:
-        torch.set_num_threads(threads)
-    try:
+    with intra_op_threads(threads):
         conv = torch.nn.Conv2d(128, 128, 3, padding=1).to(dtype=dtype, memory_format=torch.channels_last)
         x = torch.randn(1, 128, 90, 160).to(dtype=dtype).contiguous(memory_format=torch.channels_last)
         best = float("inf")
@@ -88,8 +102,6 @@ def conv_seconds(dtype, threads: int | None = None, repeats: int = 3) -> float:
                 conv(x)
                 best = min(best, time.perf_counter() - t)
         return best
-    finally:
-        torch.set_num_threads(previous)
 
 
 @functools.cache
