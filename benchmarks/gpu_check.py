@@ -57,11 +57,11 @@ BATCHES = (1, 2, 4, 8, 16)
 # ---------------------------------------------------------------- pack (here)
 
 
-def pack(dest: Path, binary_wheels: bool) -> int:
+def pack(dest: Path, binary_wheels: bool, clip: str | None = None) -> int:
     from benchmarks.common import report_device_payload, shared_video
 
     dest.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(shared_video(CLIP), dest / CLIP)
+    shutil.copyfile(clip or shared_video(CLIP), dest / CLIP)
     wheels = dest / "wheels"
     shutil.rmtree(wheels, ignore_errors=True)
     wanted = PURE_WHEELS + (BINARY_WHEELS if binary_wheels else ())
@@ -356,6 +356,7 @@ def main() -> int:
     p = sub.add_parser("pack", help="write what the GPU machine reads")
     p.add_argument("dest")
     p.add_argument("--wheels", action="store_true", help="also PyAV and imageio-ffmpeg (61 MB)")
+    p.add_argument("--clip", default=None, help=f"the clip to render (default: ../shared/data/videos/{CLIP})")
     p = sub.add_parser("run", help="measure (on the GPU machine)")
     p.add_argument("--pack", required=True)
     p.add_argument("--out", required=True)
@@ -368,7 +369,7 @@ def main() -> int:
     p.add_argument("json")
     args = ap.parse_args()
     if args.cmd == "pack":
-        pack(Path(args.dest), args.wheels)
+        pack(Path(args.dest), args.wheels, args.clip)
         return 0
     if args.cmd == "table":
         table(Path(args.json))

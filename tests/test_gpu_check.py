@@ -69,9 +69,8 @@ def test_the_pack_brings_what_the_gpu_machine_lacks(tmp_path, media_clip):
     with the pack's wheels measures the nets and training, and says why the render phase could not
     run (PyAV is not packed by default)."""
     pack = tmp_path / "pack"
-    subprocess.run([sys.executable, str(ROOT / "benchmarks" / "gpu_check.py"), "pack", str(pack)], check=True,
-                   capture_output=True, cwd=ROOT)
-    shutil.copyfile(media_clip("main.mp4"), pack / gpu_check.CLIP)
+    subprocess.run([sys.executable, str(ROOT / "benchmarks" / "gpu_check.py"), "pack", str(pack),
+                    "--clip", str(media_clip("main.mp4"))], check=True, capture_output=True, cwd=ROOT)
     out = tmp_path / "out"
     code = f"""
 import importlib.abc, importlib.machinery, sys
