@@ -143,11 +143,13 @@ def rank_ratio(stack: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     rows = (stack.float() * m).reshape(n, k, -1)
     # The singular values from the K x K Gram matrix's eigenvalues: an SVD's gradient divides by
     # differences of singular values and is NaN for identical frames; the eigenvalues' is not.
-    gram_k = rows @ rows.transpose(1, 2)
+    # Scaled to unit trace and in float64 before the eigensolver: raw, a 192 px crop's Gram entries
+    # reach 1e4-1e5 and LAPACK's float32 solver failed to converge on a nearly flat student's
+    # (the first distillation step of an untrained student, AMD EPYC, torch 2.13).
+    gram_k = (rows @ rows.transpose(1, 2)).double()
     energy = gram_k.diagonal(dim1=1, dim2=2).sum(-1).clamp_min(1e-12)
-    eig = torch.linalg.eigvalsh(gram_k).clamp_min(0)
-    nuclear = torch.sqrt(eig + 1e-10 * energy[:, None]).sum(-1)  # the floor keeps sqrt's gradient finite at 0
-    return nuclear / energy.sqrt()
+    eig = torch.linalg.eigvalsh(gram_k / energy[:, None, None]).clamp_min(0)
+    return torch.sqrt(eig + 1e-10).sum(-1).float()  # the floor keeps sqrt's gradient finite at 0
 
 
 def low_rank_loss(outputs: torch.Tensor, inputs: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -201,7 +203,9 @@ def tone_correlation(out: torch.Tensor, source: torch.Tensor) -> torch.Tensor:
     b = blurred_luminance(source).flatten(1)
     a = a - a.mean(dim=1, keepdim=True)
     b = b - b.mean(dim=1, keepdim=True)
-    return (a * b).sum(1) / (a.pow(2).sum(1).sqrt() * b.pow(2).sum(1).sqrt()).clamp_min(1e-8)
+    # One square root over the product, floored inside: an output clamped flat (an untrained student
+    # whose raw output is all below 0) has a = 0, where sqrt's gradient is infinite and the step NaN.
+    return (a * b).sum(1) / torch.sqrt(a.pow(2).sum(1) * b.pow(2).sum(1) + 1e-16)
 
 
 def tone_loss(out: torch.Tensor, source: torch.Tensor) -> torch.Tensor:

@@ -30,6 +30,16 @@ def test_tone_correlation_is_low_for_a_flat_or_unrelated_image(photo):
     assert float(L.tone_loss(photo, photo)) < 1e-4
 
 
+def test_tone_loss_has_a_finite_gradient_for_an_output_clamped_flat(photo):
+    # An untrained student's raw output is all below 0, clamped to a flat 0: its first step was NaN.
+    raw = torch.full_like(photo, -0.015, requires_grad=True)
+    L.tone_loss(raw.clamp(0, 1), photo).backward()
+    assert torch.isfinite(raw.grad).all()
+    flat = torch.zeros_like(photo, requires_grad=True)
+    L.tone_loss(flat, photo).backward()
+    assert torch.isfinite(flat.grad).all()
+
+
 def test_blurred_luminance_is_at_the_judge_width_and_sigma(photo):
     y = L.blurred_luminance(torch.nn.functional.interpolate(photo, size=(200, 400), mode="bilinear"))
     assert y.shape == (1, 1, 128, 256)  # 256 px wide, aspect kept
