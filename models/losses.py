@@ -146,8 +146,12 @@ def rank_ratio(stack: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     # Scaled to unit trace and in float64 before the eigensolver: raw, a 192 px crop's Gram entries
     # reach 1e4-1e5 and LAPACK's float32 solver failed to converge on a nearly flat student's
     # (the first distillation step of an untrained student, AMD EPYC, torch 2.13).
+    # The energy is floored at an RMS of 0.01 per entry: a scale-free ratio's gradient grows as
+    # 1 / norm, and an untrained student's nearly black output (RMS 6e-4) gave gradient norms of 4e11
+    # that the clip turned into steps along this one loss alone. Below the floor the ratio falls
+    # towards 0, which asks for a picture rather than for any arrangement of noise.
     gram_k = (rows @ rows.transpose(1, 2)).double()
-    energy = gram_k.diagonal(dim1=1, dim2=2).sum(-1).clamp_min(1e-12)
+    energy = gram_k.diagonal(dim1=1, dim2=2).sum(-1).clamp_min(1e-4 * k * rows.shape[-1])
     eig = torch.linalg.eigvalsh(gram_k / energy[:, None, None]).clamp_min(0)
     return torch.sqrt(eig + 1e-10).sum(-1).float()  # the floor keeps sqrt's gradient finite at 0
 
@@ -203,9 +207,11 @@ def tone_correlation(out: torch.Tensor, source: torch.Tensor) -> torch.Tensor:
     b = blurred_luminance(source).flatten(1)
     a = a - a.mean(dim=1, keepdim=True)
     b = b - b.mean(dim=1, keepdim=True)
-    # One square root over the product, floored inside: an output clamped flat (an untrained student
-    # whose raw output is all below 0) has a = 0, where sqrt's gradient is infinite and the step NaN.
-    return (a * b).sum(1) / torch.sqrt(a.pow(2).sum(1) * b.pow(2).sum(1) + 1e-16)
+    # The output's spread floored at an RMS of 1e-3 (a tenth of one 8-bit level; a photo's is ~0.2,
+    # so the measure moves by < 1e-4): an output clamped flat (an untrained student whose raw output
+    # is all below 0) has a = 0, where the plain ratio's gradient is NaN, or ~1e11 with a tiny epsilon.
+    floor = 1e-6 * a.shape[1]
+    return (a * b).sum(1) / torch.sqrt((a.pow(2).sum(1) + floor) * b.pow(2).sum(1)).clamp_min(1e-12)
 
 
 def tone_loss(out: torch.Tensor, source: torch.Tensor) -> torch.Tensor:

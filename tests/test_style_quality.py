@@ -37,7 +37,7 @@ def test_tone_loss_has_a_finite_gradient_for_an_output_clamped_flat(photo):
     assert torch.isfinite(raw.grad).all()
     flat = torch.zeros_like(photo, requires_grad=True)
     L.tone_loss(flat, photo).backward()
-    assert torch.isfinite(flat.grad).all()
+    assert torch.isfinite(flat.grad).all() and float(flat.grad.norm()) < 100  # was ~1e11: a step along it alone
 
 
 def test_blurred_luminance_is_at_the_judge_width_and_sigma(photo):

@@ -284,6 +284,16 @@ def test_low_rank_loss_is_zero_for_aligned_frames_and_grows_with_independent_noi
     assert float(L.low_rank_loss(noisy, stack, mask)) == pytest.approx(0, abs=1e-6)
 
 
+def test_low_rank_loss_gradient_stays_bounded_for_a_nearly_black_output():
+    # An untrained student's first outputs are nearly black: a scale-free ratio's gradient there
+    # was ~1e11 and the clipped step followed this loss alone.
+    torch.manual_seed(0)
+    frames = torch.rand(2, 4, 3, 24, 32)
+    out = (1e-4 * torch.rand_like(frames)).requires_grad_()
+    L.low_rank_loss(out, frames, torch.ones(2, 1, 24, 32)).backward()
+    assert torch.isfinite(out.grad).all() and float(out.grad.norm()) < 100
+
+
 def test_difference_weighting_is_zero_where_the_teachers_agree():
     torch.manual_seed(0)
     a = torch.rand(1, 3, 8, 8)
