@@ -256,4 +256,6 @@ def test_shipped_styles_load():
         assert y.shape == x.shape and (y - x).abs().mean() > 0.02, name  # it changes the picture
         for method, variant in shipped_methods(name).items():
             rnet, rcard = load_style_model(variant)
-            assert rnet.config.in_channels == 7 and rcard["style_image"] == card["style_image"], (name, method)
+            # flow-recurrent sees [frame, warped previous output, mask]; stable and distilled one frame
+            assert rnet.config.in_channels == (7 if method == "flow-recurrent" else 3), (name, method)
+            assert rcard["style_image"] == card["style_image"] and rcard["method"] == method, (name, method)
