@@ -207,11 +207,11 @@ def tone_correlation(out: torch.Tensor, source: torch.Tensor) -> torch.Tensor:
     b = blurred_luminance(source).flatten(1)
     a = a - a.mean(dim=1, keepdim=True)
     b = b - b.mean(dim=1, keepdim=True)
-    # The output's spread floored at an RMS of 1e-3 (a tenth of one 8-bit level; a photo's is ~0.2,
-    # so the measure moves by < 1e-4): an output clamped flat (an untrained student whose raw output
-    # is all below 0) has a = 0, where the plain ratio's gradient is NaN, or ~1e11 with a tiny epsilon.
-    floor = 1e-6 * a.shape[1]
-    return (a * b).sum(1) / torch.sqrt((a.pow(2).sum(1) + floor) * b.pow(2).sum(1)).clamp_min(1e-12)
+    # The output's spread clamped below at an RMS of 1e-3 (a tenth of one 8-bit level; a picture's is
+    # ~0.2, where the measure stays exact): an output clamped flat (an untrained student whose raw
+    # output is all below 0) has a = 0, where the plain ratio's gradient is NaN, or ~1e11 with a tiny epsilon.
+    spread = a.pow(2).sum(1).clamp_min(1e-6 * a.shape[1])
+    return (a * b).sum(1) / torch.sqrt(spread * b.pow(2).sum(1)).clamp_min(1e-12)
 
 
 def tone_loss(out: torch.Tensor, source: torch.Tensor) -> torch.Tensor:
