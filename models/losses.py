@@ -147,9 +147,9 @@ def rank_ratio(stack: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     # reach 1e4-1e5 and LAPACK's float32 solver failed to converge on a nearly flat student's
     # (the first distillation step of an untrained student, AMD EPYC, torch 2.13).
     # The energy is floored at an RMS of 0.01 per entry: a scale-free ratio's gradient grows as
-    # 1 / norm, and an untrained student's nearly black output (RMS 6e-4) gave gradient norms of 4e11
-    # that the clip turned into steps along this one loss alone. Below the floor the ratio falls
-    # towards 0, which asks for a picture rather than for any arrangement of noise.
+    # 1 / norm, unbounded for an untrained student's nearly black output (RMS 6e-4; the tone loss's
+    # 1 / norm gave that student a 3.7e11 gradient norm). Below the floor the ratio falls towards 0,
+    # which asks for a picture rather than for any arrangement of noise.
     gram_k = (rows @ rows.transpose(1, 2)).double()
     energy = gram_k.diagonal(dim1=1, dim2=2).sum(-1).clamp_min(1e-4 * k * rows.shape[-1])
     eig = torch.linalg.eigvalsh(gram_k / energy[:, None, None]).clamp_min(0)
