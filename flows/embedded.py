@@ -28,6 +28,9 @@ def _prefect_env(verbose: bool) -> None:
     os.environ.setdefault("PREFECT_LOGGING_LEVEL", "INFO" if verbose else "WARNING")
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("PREFECT_LOGGING_LOG_PRINTS", "false")
+    # Prefect waits 20 s by default; a first start (a new database, its migrations) took longer than
+    # that on a 2-core machine busy with a test suite.
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
 
 
 class _DropRunFailures(logging.Filter):
@@ -67,34 +70,34 @@ def _needs_server() -> bool:
     return not get_current_settings().api.url
 
 
-def _start_temporary_server(log_path: Path) -> None:
-    """Start Prefect's temporary server (the one it would start on first use) with its output in a log."""
-    from prefect.server.api.server import SubprocessASGIServer
-
-    server = SubprocessASGIServer()
-    if server.running:
-        return
-    launch = server._run_uvicorn_command
-
-    def quiet_launch():
-        with fds_to(log_path):
-            return launch()
-
-    server._run_uvicorn_command = quiet_launch
-    server.start()
-
-
 class _Server:
-    """Prefect's temporary server, starting in a background thread."""
+    """Prefect's temporary server (the one Prefect would start on first use), started in a background
+    thread with its output in a log."""
 
     def __init__(self, log_path: Path):
-        self.log_path, self.error = log_path, None
+        self.log_path, self.error, self.abandoned, self.proc = log_path, None, False, None
+        self.lock = threading.Lock()
         self.thread = threading.Thread(target=self._start, name="prefect-server", daemon=True)
         self.thread.start()
 
     def _start(self) -> None:
+        from prefect.server.api.server import SubprocessASGIServer  # imported here: it takes seconds
+
+        server = SubprocessASGIServer()
+        if server.running:
+            return
+        launch = server._run_uvicorn_command
+
+        def quiet_launch():
+            with self.lock, fds_to(self.log_path):
+                proc = self.proc = launch()
+                if self.abandoned:  # the render failed while the server process was being started
+                    proc.kill()
+                return proc
+
+        server._run_uvicorn_command = quiet_launch
         try:
-            _start_temporary_server(self.log_path)
+            server.start()
         except BaseException as e:  # reported by wait()
             self.error = e
 
@@ -102,6 +105,14 @@ class _Server:
         self.thread.join()
         if self.error is not None:
             raise FilmstyleError(f"cannot start Prefect's local server: {self.error} (see {self.log_path})")
+
+    def abandon(self) -> None:
+        """Stop a server still starting, without waiting for it: the render failed before it was needed
+        (that failure is the one to report, within seconds, not this server's start)."""
+        with self.lock:
+            self.abandoned = True
+            if self.proc is not None:
+                self.proc.kill()
 
 
 _server: _Server | None = None
@@ -133,9 +144,12 @@ def run(kind: str, cfg, *, ray_address: str | None = None, verbose: bool = False
     configure_output(verbose=verbose, quiet=quiet)
     try:
         ray_connect.connect(ray_address, verbose=verbose)
-    finally:
+    except BaseException:
         if _server is not None:
-            _server.wait()
+            _server.abandon()
+        raise
+    if _server is not None:
+        _server.wait()
     options = {k: v for k, v in cfg.to_dict().items() if k not in ("input", "output", "style")}
     try:
         if kind == "render":

@@ -56,16 +56,29 @@ def _one_line_error(proc) -> str:
 
 
 def _kill_processes_of(folder: Path) -> None:
-    """SIGKILL every process whose command line names `folder` (a node's raylet, GCS, log monitor and
-    agents); the node's workers exit with their raylet."""
+    """SIGKILL every process whose command line names `folder` (a node's raylet, GCS and log monitor)
+    and every descendant of those (the raylet's dashboard and runtime-env agents rename themselves
+    `ray::...` and outlive a killed raylet; its workers exit with it)."""
     import signal
 
-    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+    parent, named = {}, set()
+    for proc in Path("/proc").glob("[0-9]*"):
         try:
-            if str(folder).encode() in cmdline.read_bytes():
-                os.kill(int(cmdline.parent.name), signal.SIGKILL)
-        except (OSError, ValueError):
+            parent[int(proc.name)] = int((proc / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            if str(folder).encode() in (proc / "cmdline").read_bytes():
+                named.add(int(proc.name))
+        except (OSError, ValueError, IndexError):
             pass  # gone already
+    doomed, grew = set(named), True
+    while grew:
+        more = {pid for pid, ppid in parent.items() if ppid in doomed} - doomed
+        doomed |= more
+        grew = bool(more)
+    for pid in doomed:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except OSError:
+            pass
 
 
 @pytest.fixture(scope="module")
