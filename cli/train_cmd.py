@@ -65,13 +65,15 @@ def add_commands(sub) -> None:
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("distill", help="distil a small flow-free student from a style's nets", epilog=EPILOG,
-                       description="Chen et al. 2020: a one-frame student that follows the style's flow-recurrent net "
+                       description="Chen et al. 2020: a one-frame student that follows a flow-guided render "
                                    "(teacher A), weighted where it differs from the per-frame net (teacher B), with a "
                                    "low-rank loss over K flow-aligned frames. Render it with --method distilled. "
                                    "Resumes from OUT.state.safetensors.")
     p.add_argument("style", nargs="?", metavar="STYLE",
-                   help="a shipped style with a flow-recurrent net (its two nets are the teachers)")
-    p.add_argument("--teacher-flow", metavar="CKPT", help="teacher A: a flow-recurrent checkpoint (default: STYLE's)")
+                   help="a shipped style: its per-frame net is teacher B (and A's net with flow-blend)")
+    p.add_argument("--teacher-flow", metavar="CKPT|recurrent|flow-blend", default="flow-blend",
+                   help="teacher A: flow-blend (the flow-blend render of teacher B's net; default: it keeps B's "
+                        "light and dark), recurrent (STYLE's shipped flow-recurrent net) or a flow-recurrent checkpoint")
     p.add_argument("--teacher-frame", metavar="CKPT", help="teacher B: a per-frame checkpoint (default: STYLE's)")
     p.add_argument("--out", required=True, metavar="CKPT")
     p.add_argument("--data", action="append", metavar="DIR", help="content photos (default: teacher B's)")
@@ -99,11 +101,14 @@ def cmd_distill(args) -> int:
     from pipeline.device import resolve_device
 
     flow, frame = args.teacher_flow, args.teacher_frame
+    if flow == "recurrent":
+        if not args.style:
+            raise FilmstyleError("--teacher-flow recurrent takes STYLE's shipped flow-recurrent net: name a STYLE")
+        flow = str(resolve_style(args.style, "flow-recurrent"))
     if args.style:
-        flow = flow or str(resolve_style(args.style, "flow-recurrent"))
         frame = frame or str(resolve_style(args.style, "per-frame"))
-    if not (flow and frame):
-        raise FilmstyleError("distill needs a STYLE, or --teacher-flow and --teacher-frame")
+    if not frame:
+        raise FilmstyleError("distill needs a STYLE, or --teacher-frame")
     cfg = DistillConfig(teacher_flow=flow, teacher_frame=frame, out=args.out, data=args.data,
                         bf16={"auto": None, "on": True, "off": False}[args.bf16], seed=args.seed,
                         checkpoint_every_s=args.checkpoint_every, device=resolve_device(args.device))

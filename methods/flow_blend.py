@@ -111,7 +111,13 @@ class FlowBlend(NetMethod):
     def stylize(self, frames, first_index, state=None, flow=None):
         if flow is None:
             raise ValueError("flow-blend needs optical flow (a FlowSource) for its frames")
-        fresh = self.run(frames)  # independent of the previous output: one batched pass
+        # the fresh stylizations are independent of the previous output: one batched pass
+        return self.blend_sequence(self.run(frames), frames, first_index, state, flow)
+
+    def blend_sequence(self, fresh: np.ndarray, frames: np.ndarray, first_index: int, state: CarryState | None,
+                       flow) -> tuple[np.ndarray, CarryState]:
+        """The blend of ``stylize`` over the net's outputs ``fresh`` for ``frames`` (the distillation's
+        teacher runs the net once for both of its teachers)."""
         out = np.empty_like(fresh)
         prev = state.last_output if state is not None else None
         prev_src = state.last_source if state is not None else None

@@ -1,7 +1,10 @@
 """Distillation of a flow-free student (Chen et al., ECCV 2020): ``filmstyle distill STYLE``.
 
-Two teachers of one style: A, the flow-recurrent net (it sees the previous output warped by
-optical flow), and B, the per-frame net (it sees one frame). Where their outputs differ is where
+Two teachers of one style: A, a flow-guided render, and B, the per-frame net (it sees one frame).
+A is the flow-recurrent net (it sees the previous output warped by optical flow), or
+``flow-blend``: the render's flow-blend method over B's net, which keeps B's light and dark by
+construction (the first flow-recurrent starry_night lost them, tone correlation 0.24, and a
+student of it copied that: a flat blue relief). Where their outputs differ is where
 flow made the video steady; the student, a small net that sees one frame and no flow, follows A,
 ``1 + alpha * |A - B|`` times harder there (``losses.distillation_loss``). A low-rank loss ties
 K consecutive outputs together: warped into the last frame's view, the stack of outputs should
@@ -19,6 +22,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from pipeline.errors import InputError
@@ -33,9 +37,13 @@ from .transformer import SIZES, TransformerNet, straight_through_clamp
 from .video_data import SyntheticSequences
 
 
+#: ``teacher_flow`` naming the flow-blend render of teacher B instead of a flow-recurrent checkpoint.
+FLOW_BLEND = "flow-blend"
+
+
 @dataclass
 class DistillConfig:
-    teacher_flow: str  # the style's flow-recurrent checkpoint (teacher A)
+    teacher_flow: str  # teacher A: the style's flow-recurrent checkpoint, or FLOW_BLEND
     teacher_frame: str  # the style's per-frame checkpoint (teacher B)
     out: str
     data: tuple[str, ...] | list[str] | str | None = None  # content photos; None: teacher B's card's folders
@@ -63,39 +71,90 @@ class DistillConfig:
         return asdict(self)
 
 
+class _ExactFlow:
+    """A sequence's exact flow as the render's FlowSource: ``pair(k)`` for frame k (k >= 1)."""
+
+    def __init__(self, backward: torch.Tensor, step_mask: torch.Tensor):
+        self.backward = backward.permute(0, 2, 3, 1).cpu().numpy()  # (K, S, S, 2)
+        self.mask = step_mask[:, 0].float().cpu().numpy()  # (K, S, S)
+
+    def pair(self, k: int):
+        from pipeline.flow.masks import FlowPair
+
+        return FlowPair(forward=-self.backward[k], backward=self.backward[k], mask=self.mask[k])
+
+
+class RecurrentTeacher:
+    """Teacher A, the flow-recurrent net, run over each sequence as a render runs it (shot start,
+    then the warped previous output, rounded to uint8 levels); B beside it."""
+
+    def __init__(self, a: TransformerNet, b: TransformerNet):
+        self.a, self.b = a, b
+
+    @torch.no_grad()
+    def __call__(self, frames: torch.Tensor, backward: torch.Tensor, step_mask: torch.Tensor):
+        """(N, K, 3, S, S) outputs of teacher A and of teacher B."""
+        from pipeline.flow import warp_torch
+
+        n, k = frames.shape[:2]
+        outs_a, prev = [], None
+        for i in range(k):
+            x = frames[:, i]
+            if prev is None:
+                inp = recurrent_input(x, torch.zeros_like(x), torch.zeros_like(step_mask[:, i]))
+            else:
+                inp = recurrent_input(x, warp_torch(prev, backward[:, i]), step_mask[:, i])
+            prev = _quantize(self.a(inp))
+            outs_a.append(prev)
+        out_b = self.b(frames.flatten(0, 1)).clamp(0, 1).view_as(frames)
+        return torch.stack(outs_a, 1), out_b
+
+
+class BlendTeacher:
+    """Teacher A, the render's flow-blend method over teacher B's net (its default options), run
+    over each sequence with the exact flow; B is that net's output, which the blend starts from."""
+
+    def __init__(self, frame_ckpt: str, device: str):
+        from methods.base import RunSettings
+        from methods.flow_blend import FlowBlend
+
+        self.method = FlowBlend(frame_ckpt, RunSettings(device=device))
+
+    @torch.no_grad()
+    def __call__(self, frames: torch.Tensor, backward: torch.Tensor, step_mask: torch.Tensor):
+        n, k = frames.shape[:2]
+        src = (frames.flatten(0, 1).permute(0, 2, 3, 1).float() * 255.0 + 0.5).clamp(0, 255).to(torch.uint8)
+        src = src.cpu().numpy()
+        fresh = self.method.run(src)  # teacher B, every frame at once
+        blended = np.empty_like(fresh)
+        for j in range(n):
+            part = slice(j * k, (j + 1) * k)
+            blended[part] = self.method.blend_sequence(fresh[part], src[part], 0, None,
+                                                       _ExactFlow(backward[j], step_mask[j]))[0]
+
+        def back(a: np.ndarray) -> torch.Tensor:
+            return torch.from_numpy(a).to(frames.device).permute(0, 3, 1, 2).float().div(255.0).view_as(frames)
+
+        return back(blended), back(fresh)
+
+
 def _teachers(cfg: DistillConfig):
-    a, card_a = load_style_model(cfg.teacher_flow)
+    """(teacher, card of B): ``teacher(frames, backward, step_mask)`` gives the (N, K, 3, S, S)
+    outputs of A and B."""
     b, card_b = load_style_model(cfg.teacher_frame)
-    if a.config.in_channels != RECURRENT_CHANNELS:
-        raise InputError(f"{cfg.teacher_flow}: teacher A must be a flow-recurrent net "
-                         f"({RECURRENT_CHANNELS} channels), not {a.config.in_channels}")
     if b.config.in_channels != 3:
         raise InputError(f"{cfg.teacher_frame}: teacher B must be a per-frame net (3 channels)")
+    if cfg.teacher_flow == FLOW_BLEND:
+        return BlendTeacher(cfg.teacher_frame, cfg.device), card_b
+    a, card_a = load_style_model(cfg.teacher_flow)
+    if a.config.in_channels != RECURRENT_CHANNELS:
+        raise InputError(f"{cfg.teacher_flow}: teacher A must be a flow-recurrent net "
+                         f"({RECURRENT_CHANNELS} channels), not {a.config.in_channels}, or {FLOW_BLEND}")
     if card_a.get("style_image_sha256_16") != card_b.get("style_image_sha256_16"):
         raise InputError("the two teachers were trained on different paintings")
     for net in (a, b):
         net.eval().requires_grad_(False)
-    return a, b, card_a, card_b
-
-
-@torch.no_grad()
-def teacher_outputs(a: TransformerNet, b: TransformerNet, frames: torch.Tensor, backward: torch.Tensor,
-                    step_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(N, K, 3, S, S) outputs of teacher A over the sequence, as a render runs it, and of teacher B."""
-    from pipeline.flow import warp_torch
-
-    n, k = frames.shape[:2]
-    outs_a, prev = [], None
-    for i in range(k):
-        x = frames[:, i]
-        if prev is None:
-            inp = recurrent_input(x, torch.zeros_like(x), torch.zeros_like(step_mask[:, i]))
-        else:
-            inp = recurrent_input(x, warp_torch(prev, backward[:, i]), step_mask[:, i])
-        prev = _quantize(a(inp))
-        outs_a.append(prev)
-    out_b = b(frames.flatten(0, 1)).clamp(0, 1).view_as(frames)
-    return torch.stack(outs_a, 1), out_b
+    return RecurrentTeacher(*on_device(cfg.device, a, b)), card_b
 
 
 def distill(cfg: DistillConfig, *, restart: bool = False, progress: bool = True, log=print) -> Path:
@@ -110,7 +169,7 @@ def distill(cfg: DistillConfig, *, restart: bool = False, progress: bool = True,
     if cfg.size not in SIZES:
         raise InputError(f"unknown model size {cfg.size!r}; choose from {', '.join(SIZES)}")
     tune_malloc()
-    a, b, card_a, card_b = _teachers(cfg)
+    teacher, card_b = _teachers(cfg)
     conf_b = card_b.get("config", {})
     if cfg.data is None:
         if not conf_b.get("data"):
@@ -129,11 +188,12 @@ def distill(cfg: DistillConfig, *, restart: bool = False, progress: bool = True,
     device = cfg.device
     use_bf16 = bf16_supported(device) if cfg.bf16 is None else cfg.bf16
     vgg, weights, target = loss_setup(load_rgb(style_path, max_side=style_size), cfg.vgg, device)
-    a, b, student, vgg = on_device(device, a, b, TransformerNet(SIZES[cfg.size]), vgg)
+    student, vgg = on_device(device, TransformerNet(SIZES[cfg.size]), vgg)
     opt = torch.optim.Adam(student.parameters(), lr=cfg.lr)
     gen = torch.Generator().manual_seed(cfg.seed)
     sequences = SyntheticSequences(files, cfg.image_size)
-    identity = {"teacher_flow": file_digest(cfg.teacher_flow), "teacher_frame": file_digest(cfg.teacher_frame),
+    flow_id = FLOW_BLEND if cfg.teacher_flow == FLOW_BLEND else file_digest(cfg.teacher_flow)
+    identity = {"teacher_flow": flow_id, "teacher_frame": file_digest(cfg.teacher_frame),
                 "size": cfg.size, "frames": cfg.frames, "image_size": cfg.image_size,
                 "batch_size": cfg.batch_size, "seed": cfg.seed}
     run = Run(out, student, opt, gen, identity, restart=restart, log=log, every_s=cfg.checkpoint_every_s,
@@ -144,8 +204,9 @@ def distill(cfg: DistillConfig, *, restart: bool = False, progress: bool = True,
     student.train()
     while run.step < cfg.steps and not run.out_of_time(cfg.max_seconds):
         s = sequences.batch(gen, cfg.batch_size, cfg.frames).to(device)
+        s.frames = _quantize(s.frames)  # 8-bit frames, as a film's are: the teachers' and the student's
         with autocast(device, use_bf16):
-            out_a, out_b = teacher_outputs(a, b, s.frames, s.backward, s.step_mask)
+            out_a, out_b = teacher(s.frames, s.backward, s.step_mask)
             x = s.frames.flatten(0, 1)
             raw = student(x)
             y = straight_through_clamp(raw)
@@ -168,9 +229,12 @@ def distill(cfg: DistillConfig, *, restart: bool = False, progress: bool = True,
         "kind": "style-transfer",
         "method": "distilled",
         "method_detail": ("Chen et al. 2020 optical-flow distillation: a one-frame student following the "
-                          "flow-recurrent teacher, weighted by where it differs from the per-frame teacher, "
+                          f"{'flow-blend' if cfg.teacher_flow == FLOW_BLEND else 'flow-recurrent'} teacher, "
+                          "weighted by where it differs from the per-frame teacher, "
                           "with the low-rank loss over K flow-aligned frames and the perceptual losses"),
-        "teachers": {"flow": {"name": Path(cfg.teacher_flow).name, "sha256_16": identity["teacher_flow"]},
+        "teachers": {"flow": ({"name": FLOW_BLEND, "method": "flow-blend over teacher B, default options, "
+                                                             "exact flow"} if cfg.teacher_flow == FLOW_BLEND else
+                              {"name": Path(cfg.teacher_flow).name, "sha256_16": identity["teacher_flow"]}),
                      "frame": {"name": Path(cfg.teacher_frame).name, "sha256_16": identity["teacher_frame"]}},
         "style_image": Path(style_path).name,
         "style_image_sha256_16": card_b.get("style_image_sha256_16"),

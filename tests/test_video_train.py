@@ -311,7 +311,7 @@ def test_difference_weighting_is_zero_where_the_teachers_agree():
 def test_distill_trains_a_flow_free_student_and_records_its_teachers(tmp_path, data, demo_clip_factory):
     from engine.config import RenderConfig
     from engine.local import render
-    from models.distill import DistillConfig, distill, teacher_outputs
+    from models.distill import DistillConfig, RecurrentTeacher, distill
     from models.video_data import SyntheticSequences
 
     root, photos, style, _ = data
@@ -332,7 +332,7 @@ def test_distill_trains_a_flow_free_student_and_records_its_teachers(tmp_path, d
     a, _ = load_style_model(flow)
     b, _ = load_style_model(frame)
     seq = SyntheticSequences(sorted(photos.glob("*.png")), 32).batch(torch.Generator().manual_seed(0), 1, 3)
-    out_a, out_b = teacher_outputs(a.eval(), b.eval(), seq.frames, seq.backward, seq.step_mask)
+    out_a, out_b = RecurrentTeacher(a.eval(), b.eval())(seq.frames, seq.backward, seq.step_mask)
     assert out_a.shape == out_b.shape == seq.frames.shape
     with pytest.raises(InputError, match="teacher A must be a flow-recurrent net"):
         distill(DistillConfig(teacher_flow=str(frame), teacher_frame=str(frame), out=str(tmp_path / "x.safetensors"),
@@ -342,3 +342,30 @@ def test_distill_trains_a_flow_free_student_and_records_its_teachers(tmp_path, d
     report = render(RenderConfig(input=clip, output=str(tmp_path / "d.mp4"), style=str(out), method="distilled",
                                  width=96, cache_dir=str(tmp_path / "c")), progress=False, log=None)
     assert report.flow == {} and not (tmp_path / "c" / "flow").exists()
+
+
+def test_flow_blend_teacher_is_the_render_blend_and_steadier_than_teacher_b(tmp_path, data):
+    """Teacher A by flow-blend: the shot's first frame is teacher B's own; after it, A changes less
+    along the exact flow than B does (what the student is to learn); a distillation from it records it."""
+    from models.distill import FLOW_BLEND, BlendTeacher, DistillConfig, distill
+    from models.video_data import SyntheticSequences
+    from pipeline.flow import warp_torch
+
+    root, photos, style, _ = data
+    frame = _checkpoint(tmp_path / "frame.safetensors", 3, style, photos)
+    seq = SyntheticSequences(sorted(photos.glob("*.png")), 48).batch(torch.Generator().manual_seed(3), 2, 4)
+    frames = torch.floor(seq.frames * 255 + 0.5) / 255
+    out_a, out_b = BlendTeacher(str(frame), "cpu")(frames, seq.backward, seq.step_mask)
+    assert out_a.shape == out_b.shape == frames.shape
+    assert torch.equal(out_a[:, 0], out_b[:, 0]) and not torch.equal(out_a[:, 1:], out_b[:, 1:])
+
+    def change(out):  # mean squared change of frames 1.. against the previous output warped
+        prev = warp_torch(out[:, :-1].flatten(0, 1), seq.backward[:, 1:].flatten(0, 1))
+        m = seq.step_mask[:, 1:].flatten(0, 1)
+        return float(((out[:, 1:].flatten(0, 1) - prev).pow(2) * m).sum() / m.sum())
+
+    assert change(out_a) < 0.8 * change(out_b)
+    cfg = DistillConfig(teacher_flow=FLOW_BLEND, teacher_frame=str(frame), out=str(tmp_path / "s.safetensors"),
+                        data=str(photos), frames=3, image_size=32, batch_size=1, steps=1, bf16=False)
+    _, card = load_style_model(distill(cfg, progress=False, log=lambda *_: None))
+    assert card["teachers"]["flow"]["name"] == FLOW_BLEND and "flow-blend teacher" in card["method_detail"]
