@@ -47,6 +47,7 @@ class DistillConfig:
     teacher_frame: str  # the style's per-frame checkpoint (teacher B)
     out: str
     data: tuple[str, ...] | list[str] | str | None = None  # content photos; None: teacher B's card's folders
+    style: str | None = None  # the painting; None: the one teacher B's card names
     size: str = "student"
     frames: int = 4  # K: consecutive frames per sample (the paper: 3-5)
     image_size: int = 192
@@ -178,7 +179,7 @@ def distill(cfg: DistillConfig, *, restart: bool = False, progress: bool = True,
     else:
         data = cfg.data
     files = list_images(data)
-    style_path = resolve_recorded(conf_b.get("style") or card_b["style_image"], "styles", "style image")
+    style_path = cfg.style or resolve_recorded(conf_b.get("style") or card_b["style_image"], "styles", "style image")
     style_size = int(conf_b.get("style_size") or 512)
     loss_weights = {k: float(v) * cfg.perceptual_scale for k, v in card_b["losses"]["weights"].items()
                     if k in ("content", "style", "tv", "range", "tone")}

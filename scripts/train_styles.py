@@ -1,4 +1,4 @@
-"""Train every shipped style on one GPU in minutes: the image nets, then the flow-recurrent nets.
+"""Train every shipped style on one GPU in minutes: the image nets, then the nets of the temporal methods.
 
 Two steps, so that the GPU machine needs only torch, numpy, OpenCV, scikit-image, safetensors
 and h5py, no network, and under 64 MiB of files:
@@ -16,9 +16,12 @@ test photos as they are (the quick judge, 10 of them the optimum's) and the pain
    models/transformer.py) on two styles, side by side for the same time, judged on the test
    photos; the winner is the norm with the lowest style loss x content loss among those that
    keep the tone correlation >= 0.9 (run on 2026-12-04: instance; see models/train.py);
-3. trains every style (STYLES) with that norm and the defaults of ``filmstyle train``;
-4. fine-tunes the flow-recurrent net of every shipped style from its image net (synthetic
-   camera moves with exact flow: the real clips need a video decoder this machine lacks);
+3. trains every style (STYLES) with that norm and the defaults of ``filmstyle train``
+   (``--phases temporal`` skips 2, 3 and 5 and starts 4 from the shipped image nets);
+4. from every shipped style's new image net, side by side: its flow-recurrent net and its stable
+   net (ReCoNet two-frame training: the recipe of the shipped stable starry_night) fine-tuned
+   from it, and its distilled student (teacher A the flow-blend render of the image net); all on
+   synthetic camera moves with exact flow (the real clips need a video decoder this machine lacks);
 5. beside 3 and 4, the optimum (models/optimize.py) of 10 test photos per style.
 Everything lands under OUT: checkpoints with their cards in tars of at most 16 MiB, a log,
 ``results.json`` (every judge number) and contact sheets. Steps are set from the calibration
@@ -40,6 +43,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.common import log  # noqa: E402
+from scripts.style_judge import Judge, pick_norm, run_optimum  # noqa: E402
 
 DATA = ROOT.parent / "shared" / "data"
 #: name -> painting file in ../shared/data/styles. la_muse is not shipped: it checks that the
@@ -54,7 +58,9 @@ JUDGE_PHOTOS, OPTIMUM_PHOTOS = 50, 10
 BATCH = 8  # more pixels per step than Johnson et al.'s 4: the GPU has room, the steps are few
 # Shares of the budget (what is left after start-up and calibration); without --ab, the A/B's
 # share goes to the image nets.
-SHARES = {"ab": 0.30, "image": 0.45, "recurrent": 0.15}
+SHARES = {"ab": 0.30, "image": 0.40, "temporal": 0.20}
+#: phase 4's nets, each with its cost per step against an image net's (calibrated on the image phase)
+TEMPORAL = {"recurrent": 1.4, "stable": 2.0, "distilled": 1.5}
 
 
 # ---------------------------------------------------------------- pack (here)
@@ -97,6 +103,10 @@ def run_one(spec: dict) -> None:
     kind = spec.pop("kind")
     if kind == "image":
         train(TrainConfig(**spec), progress=False, log=print)
+    elif kind == "distilled":
+        from models.distill import DistillConfig, distill
+
+        distill(DistillConfig(**spec), progress=False, log=print)
     else:
         spec["mix"] = tuple(spec["mix"])
         train_video(VideoTrainConfig(**spec), progress=False, log=print)
@@ -117,106 +127,6 @@ def _launch(specs: list[dict], logfile: Path, logdir: Path) -> list[tuple[dict, 
         log(f"{Path(spec['out']).name} ({spec['kind']}): exit {rc}", logfile)
         results.append((spec, rc))
     return results
-
-
-# ---------------------------------------------------------------- judging
-
-
-class Judge:
-    """Style, content and tone of a net on the packed test photos, at the judge's width (512)."""
-
-    def __init__(self, pack_dir: Path, device: str, vgg_path: str, photos: int = JUDGE_PHOTOS):
-        import torch
-
-        from models import losses as L
-        from models.data import load_rgb, to_tensor
-        from models.vgg import find_weights, loss_network
-
-        self.torch, self.L, self.device = torch, L, device
-        self.vgg = loss_network(tuple(sorted(set(L.STYLE_LAYERS) | set(L.CONTENT_LAYERS))),
-                                find_weights(vgg_path)).to(device)
-        self.photos = [to_tensor(load_rgb(p, 512))[None].to(device)
-                       for p in sorted((pack_dir / "test").glob("*.jpg"))[:photos]]
-        self.pack = pack_dir
-        self._targets: dict = {}
-        self._to_tensor, self._load = to_tensor, load_rgb
-
-    def target(self, style: str):
-        if style not in self._targets:
-            from models.train import TrainConfig
-
-            img = self._to_tensor(self._load(self.pack / "styles" / STYLES[style], TrainConfig.style_size))
-            img = img[None].to(self.device)
-            with self.torch.no_grad():
-                self._targets[style] = self.L.StyleTarget(self.vgg(img))
-        return self._targets[style]
-
-    def net(self, ckpt: Path, style: str) -> dict:
-        """The judge's numbers (benchmarks/style_quality.py's measure) on the packed test photos."""
-        from benchmarks.style_quality import mean_rows, measure
-        from models.checkpoint import load_style_model
-
-        net, _ = load_style_model(ckpt, device=self.device)
-        net = net.float().eval()
-        target = self.target(style)
-        with self.torch.no_grad():
-            rows = [measure(self.vgg, target, x, net.stylize(x)) for x in self.photos]
-        return dict(mean_rows(rows), photos=len(rows))
-
-
-def pick_norm(ab: dict, n_styles: int) -> tuple[str, str]:
-    """The norm with the lowest mean style x content over the A/B styles among those keeping tone >= 0.9."""
-    scores = {}
-    for norm, per_style in ab.items():
-        if len(per_style) < n_styles:
-            continue  # a run failed
-        tone = min(r["tone"] for r in per_style.values())
-        score = sum(r["style"] * r["content"] for r in per_style.values()) / len(per_style)
-        scores[norm] = (tone >= 0.9, -score)
-    if not scores:
-        raise RuntimeError("every A/B run failed")
-    best = max(scores, key=lambda n: scores[n])
-    why = ", ".join(f"{n}: tone ok {ok}, style x content {-s:.4f}" for n, (ok, s) in scores.items())
-    return best, why
-
-
-# ---------------------------------------------------------------- optimum (a subprocess too)
-
-
-def run_optimum(pack_dir: Path, out: Path, device: str, vgg_path: str, styles: list[str], steps: int) -> None:
-    import numpy as np
-    import torch
-    from PIL import Image
-
-    from models import losses as L
-    from models.optimize import OptimizeConfig, optimize
-    from models.data import load_rgb, to_tensor
-    from models.train import TrainConfig
-    from models.vgg import find_weights, loss_network
-
-    d = TrainConfig(style="", data="", out="")
-    weights = {"content": d.content_weight, "style": d.style_weight, "tv": d.tv_weight,
-               "range": d.range_weight, "tone": d.tone_weight}
-    vgg = loss_network(tuple(sorted(set(L.STYLE_LAYERS) | set(L.CONTENT_LAYERS))), find_weights(vgg_path)).to(device)
-    photos = sorted((pack_dir / "test").glob("*.jpg"))[:OPTIMUM_PHOTOS]
-    out.mkdir(parents=True, exist_ok=True)
-    records = {}
-    for style in styles:
-        with torch.no_grad():
-            painting = to_tensor(load_rgb(pack_dir / "styles" / STYLES[style], d.style_size))[None].to(device)
-            target = L.StyleTarget(vgg(painting))
-        for p in photos:
-            x = to_tensor(load_rgb(p, 256))[None].to(device)  # the issue's reference size: 256 px
-            y, rec = optimize(x, vgg, target, weights, OptimizeConfig(steps=steps))
-            with torch.no_grad():
-                rec["tone_correlation"] = float(L.tone_correlation(y, x)[0])
-            rec.pop("history")
-            records[f"{style}/{p.name}"] = rec
-            Image.fromarray((y[0].permute(1, 2, 0).cpu().numpy() * 255 + 0.5).astype(np.uint8)).save(
-                out / f"{style}__{p.stem}.png")
-        (out / "optimum.json").write_text(json.dumps({"weights": weights, "steps": steps, "records": records,
-                                                      "style_size": d.style_size, "loss_network": vgg.source},
-                                                     indent=1))
 
 
 # ---------------------------------------------------------------- the whole run
@@ -258,6 +168,40 @@ def _tar(files: list[Path], out_dir: Path, stem: str, limit: int = 15 * 2**20) -
         with tarfile.open(out_dir / f"{stem}_{i}.tar", "w") as t:
             for f in group:
                 t.add(f, arcname=f"{f.parent.name}/{f.name}")
+
+
+def phase_shares(ab: bool, phases) -> dict:
+    """Each phase's share of the budget: SHARES for the phases that run; a skipped phase's share goes
+    to the image nets, or to the temporal nets when those run alone."""
+    shares = {"ab": SHARES["ab"] if ab and "image" in phases else 0.0,
+              "image": SHARES["image"] if "image" in phases else 0.0,
+              "temporal": SHARES["temporal"] if "temporal" in phases else 0.0}
+    shares["image" if "image" in phases else "temporal"] += sum(SHARES.values()) - sum(shares.values())
+    return shares
+
+
+def temporal_specs(styles: list[str], work: Path, pack_dir: Path, vgg_path: str, device: str, args, deadline: float,
+                   steps) -> list[dict]:
+    """Phase 4's runs for ``styles``: a flow-recurrent net, a stable net and a distilled student each;
+    ``steps(cost)`` is the step count of a net that costs ``cost`` image-net steps a step."""
+    data = [str(pack_dir / "bsds500" / "train"), str(pack_dir / "bsds500" / "val")]
+    specs = []
+    for s in styles:
+        image_net, painting = str(work / "image" / f"{s}.safetensors"), str(pack_dir / "styles" / STYLES[s])
+        common = {"data": data, "style": painting, "vgg": vgg_path, "device": device, "max_seconds": deadline,
+                  "checkpoint_every_s": 60, "image_size": args.image_size}
+        video = {**common, "init": image_net, "videos": [], "mix": [1, 0], "batch_size": args.batch}
+        specs.append({**video, "kind": "recurrent", "out": str(work / "recurrent" / f"{s}.safetensors"),
+                      "steps": steps(TEMPORAL["recurrent"])})
+        # the shipped stable starry_night's recipe (models/weights/stable/starry_night.json)
+        specs.append({**video, "kind": "stable", "out": str(work / "stable" / f"{s}.safetensors"),
+                      "temporal": "reconet", "temporal_weight": 20.0, "temporal_feature_weight": 1.0,
+                      "steps": steps(TEMPORAL["stable"])})
+        # K = 4 frames of batch/4 sequences: as many frames a step as an image net's batch
+        specs.append({**common, "kind": "distilled", "teacher_flow": "flow-blend", "teacher_frame": image_net,
+                      "out": str(work / "distilled" / f"{s}.safetensors"), "batch_size": max(1, args.batch // 4),
+                      "frames": 4, "steps": steps(TEMPORAL["distilled"])})
+    return specs
 
 
 def run_all(args) -> None:
@@ -308,18 +252,17 @@ def run_all(args) -> None:
                 "max_seconds": deadline, "sample_every_s": 1e9, "checkpoint_every_s": 60,
                 "lr_decay": args.lr_decay}
 
-    judge = Judge(pack_dir, device, vgg_path, args.judge_photos)
+    judge = Judge(pack_dir, device, vgg_path, args.judge_photos, STYLES)
     opt_proc = None
-    if not args.skip_optimum:
+    if not args.skip_optimum and "image" in args.phases:
         opt_proc = subprocess.Popen(
             [sys.executable, __file__, "optimum", "--pack", str(pack_dir), "--out", str(work / "optimum"),
              "--device", device, "--steps", str(args.optimum_steps), "--styles", *styles],
             stdout=open(work / "logs" / "optimum.log", "w"), stderr=subprocess.STDOUT, cwd=ROOT)
 
     # 2. A/B of the normalization layers (--ab; else the trainer's default norm)
-    shares = dict(SHARES) if args.ab else {"ab": 0.0, "image": SHARES["image"] + SHARES["ab"],
-                                           "recurrent": SHARES["recurrent"]}
-    ab_styles = [s for s in AB_STYLES if s in styles] if args.ab else []
+    shares = phase_shares(args.ab, args.phases)
+    ab_styles = [s for s in AB_STYLES if s in styles] if args.ab and "image" in args.phases else []
     steps = 0
     if ab_styles:
         nets = len(ab_styles) * len(NORMS)
@@ -358,8 +301,17 @@ def run_all(args) -> None:
                     Path(spec["out"]).parent.mkdir(parents=True, exist_ok=True)
                     os.replace(state, Path(spec["out"]).with_name(Path(spec["out"]).name + suffix))
         specs.append(spec)
-    log(f"image nets: {nets} styles, {steps_img} steps each, norm {norm}", logfile)
-    _launch(specs, logfile, work / "logs")
+    if "image" in args.phases:
+        log(f"image nets: {nets} styles, {steps_img} steps each, norm {norm}", logfile)
+        _launch(specs, logfile, work / "logs")
+    else:  # the temporal phase alone: from the shipped image nets
+        (work / "image").mkdir(exist_ok=True)
+        for s in styles:
+            for suffix in (".safetensors", ".json"):
+                shipped_net = ROOT / "models" / "weights" / f"{s}{suffix}"
+                if shipped_net.exists():
+                    shutil.copyfile(shipped_net, work / "image" / shipped_net.name)
+        log("image nets: the shipped ones (--phases temporal)", logfile)
     results["image"] = {}
     for s in styles:
         ckpt = work / "image" / f"{s}.safetensors"
@@ -369,18 +321,23 @@ def run_all(args) -> None:
             log(f"  {s}: {results['image'][s]}", logfile)
     save_results()
 
-    # 4. flow-recurrent nets from the image nets
-    shipped = [s for s in styles if s not in NOT_SHIPPED and (work / "image" / f"{s}.safetensors").exists()]
-    steps_rec = steps_for(shares["recurrent"], max(1, len(shipped)), cost=1.4)
-    deadline = shares["recurrent"] * left * 1.2
-    specs = [{"kind": "recurrent", "init": str(work / "image" / f"{s}.safetensors"),
-              "out": str(work / "recurrent" / f"{s}.safetensors"), "data": [str(pack_dir / "bsds500" / "train"), str(pack_dir / "bsds500" / "val")],
-              "style": str(pack_dir / "styles" / STYLES[s]), "videos": [], "mix": [1, 0],
-              "batch_size": args.batch, "image_size": args.image_size, "steps": steps_rec, "vgg": vgg_path, "device": device,
-              "max_seconds": deadline, "checkpoint_every_s": 60} for s in shipped]
-    log(f"recurrent nets: {len(specs)}, {steps_rec} steps each", logfile)
+    # 4. the temporal methods' nets from the image nets, side by side
+    shipped = [s for s in styles if s not in NOT_SHIPPED and (work / "image" / f"{s}.safetensors").exists()
+               and "temporal" in args.phases]
+    nets = max(1, len(shipped)) * len(TEMPORAL)
+    specs = temporal_specs(shipped, work, pack_dir, vgg_path, device, args, shares["temporal"] * left * 1.2,
+                           lambda cost: steps_for(shares["temporal"], nets, cost))
+    log("temporal nets: " + ", ".join(f"{spec['kind']} {Path(spec['out']).stem} {spec['steps']} steps"
+                                      for spec in specs), logfile)
     _launch(specs, logfile, work / "logs")
-    results["recurrent_steps"] = steps_rec
+    results["temporal"] = {}
+    for spec in specs:
+        ckpt = Path(spec["out"])
+        if ckpt.exists():
+            row = {"steps": json.loads(ckpt.with_suffix(".json").read_text())["steps"]}
+            if spec["kind"] != "recurrent":  # one frame in: judged as the image nets are
+                row.update(judge.net(ckpt, ckpt.stem))
+            results["temporal"].setdefault(spec["kind"], {})[ckpt.stem] = row
     save_results()
 
     if opt_proc is not None:
@@ -393,7 +350,8 @@ def run_all(args) -> None:
     save_results()
 
     # 5. bring back: checkpoints + cards, logs, sheets
-    ckpts = [f for d in ("image", "recurrent") for f in sorted((work / d).glob("*.safetensors"))
+    trained = [d for d in ("image", *TEMPORAL) if d != "image" or "image" in args.phases]
+    ckpts = [f for d in trained for f in sorted((work / d).glob("*.safetensors"))
              if not f.name.endswith(".state.safetensors")]
     _tar(ckpts + [f.with_suffix(".json") for f in ckpts], out, "checkpoints")
     extras = sorted((work / "logs").glob("*.log")) + sorted((work / "optimum").glob("*"))
@@ -412,6 +370,9 @@ def main() -> None:
     p.add_argument("--out", required=True)
     p.add_argument("--work", default=None, help="parent of the run's fresh work folder (default: the temp dir)")
     p.add_argument("--ab", action="store_true", help="first A/B the normalization layers on two styles")
+    p.add_argument("--phases", nargs="+", choices=["image", "temporal"], default=["image", "temporal"],
+                   help="image: train the image nets; temporal: the flow-recurrent, stable and distilled nets "
+                        "from them (alone: from the shipped image nets, with the whole budget). Default: both")
     p.add_argument("--device", default="cuda")
     p.add_argument("--budget-s", type=float, default=420)
     p.add_argument("--optimum-steps", type=int, default=150)
@@ -445,7 +406,7 @@ def main() -> None:
     else:
         pack_dir = Path(args.pack)
         run_optimum(pack_dir, Path(args.out), args.device, str(pack_dir / "vgg16_hed_relu4_3_fp16.safetensors"),
-                    args.styles, args.steps)
+                    {s: STYLES[s] for s in args.styles}, OPTIMUM_PHOTOS, args.steps)
 
 
 if __name__ == "__main__":

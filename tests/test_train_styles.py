@@ -19,7 +19,8 @@ def test_what_the_gpu_machine_runs_imports_nothing_it_lacks():
     # The GPU machine has torch, numpy, OpenCV, scikit-image, safetensors, h5py, PIL, tqdm: no
     # PyAV, ffmpeg, Ray, Prefect, boto3 or PySceneDetect.
     code = ("import runpy, sys; sys.argv = ['x', '--help']\n"
-            "import models.train, models.train_video, models.video_data, models.optimize, pipeline.flow\n"
+            "import models.train, models.train_video, models.video_data, models.optimize, models.distill\n"
+            "import pipeline.flow, methods.flow_blend\n"
             f"runpy.run_path({str(SCRIPT)!r}, run_name='not_main')\n"
             "bad = sorted({m.split('.')[0] for m in sys.modules} & "
             "{'av', 'ray', 'prefect', 'boto3', 'botocore', 'scenedetect', 'imageio_ffmpeg', 'ffmpeg'})\n"
@@ -55,9 +56,24 @@ def test_a_tiny_run_trains_judges_and_packs_every_phase(tmp_path):
             names |= set(t.getnames())
             if "image/starry_night.json" in t.getnames():
                 card = json.load(t.extractfile("image/starry_night.json"))
-    assert {"image/starry_night.safetensors", "recurrent/starry_night.safetensors"} <= names
+    assert {f"{d}/starry_night.safetensors" for d in ("image", "recurrent", "stable", "distilled")} <= names
+    for kind in ("stable", "distilled"):  # one frame in: judged as the image nets are
+        row = results["temporal"][kind]["starry_night"]
+        assert row["steps"] >= 1 and -1 <= row["tone"] <= 1
     # the card names the painting and the data by what they are, never by this machine's paths
     assert card["style_image"] == "starry_night.jpg"
     assert card["init"]["name"] == "starry_night.safetensors"  # --init-shipped: the shipped net went on training
     assert card["config"]["data"] == ["bsds500/train", "bsds500/val"]
     assert not any(str(v).startswith("/") for v in card["config"].values())
+
+
+def test_phase_shares_give_a_skipped_phase_to_the_ones_that_run():
+    from scripts.train_styles import SHARES, phase_shares
+
+    total = sum(SHARES.values())
+    both = phase_shares(False, ["image", "temporal"])
+    assert both == pytest.approx({"ab": 0.0, "image": SHARES["image"] + SHARES["ab"], "temporal": SHARES["temporal"]})
+    assert phase_shares(True, ["image", "temporal"]) == pytest.approx(SHARES)
+    alone = phase_shares(True, ["temporal"])  # no image nets: no A/B either
+    assert alone == pytest.approx({"ab": 0.0, "image": 0.0, "temporal": total})
+    assert phase_shares(False, ["image"])["image"] == pytest.approx(total)
