@@ -78,6 +78,8 @@ def add_commands(sub) -> None:
     p.add_argument("--out", required=True, metavar="CKPT")
     p.add_argument("--data", action="append", metavar="DIR", help="content photos (default: teacher B's)")
     p.add_argument("--size", default=None, help="student size (default: student)")
+    p.add_argument("--init", metavar="CKPT", help="start from this net of the student's size (a warm start: another "
+                                                   "style's student, or an earlier run's)")
     for flag, kind, what in (("--steps", positive_int, "training steps (default: 2000)"),
                              ("--frames", positive_int, "K consecutive frames per sample (default: 4)"),
                              ("--image-size", positive_int, "crop size (default: 192)"),
@@ -112,7 +114,8 @@ def cmd_distill(args) -> int:
     cfg = DistillConfig(teacher_flow=flow, teacher_frame=frame, out=args.out, data=args.data,
                         bf16={"auto": None, "on": True, "off": False}[args.bf16], seed=args.seed,
                         checkpoint_every_s=args.checkpoint_every, device=resolve_device(args.device))
-    for name in ("size", "steps", "frames", "image_size", "batch_size", "alpha", "low_rank_weight", "distill_weight"):
+    for name in ("size", "init", "steps", "frames", "image_size", "batch_size", "alpha", "low_rank_weight",
+                 "distill_weight"):
         if getattr(args, name) is not None:
             setattr(cfg, name, getattr(args, name))
     path = distill(cfg, restart=args.restart, progress=not args.quiet, log=lambda m: print(m, file=sys.stderr))

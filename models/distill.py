@@ -49,6 +49,7 @@ class DistillConfig:
     data: tuple[str, ...] | list[str] | str | None = None  # content photos; None: teacher B's card's folders
     style: str | None = None  # the painting; None: the one teacher B's card names
     size: str = "student"
+    init: str | None = None  # a net of that size to start from (another style's student, an earlier run)
     frames: int = 4  # K: consecutive frames per sample (the paper: 3-5)
     image_size: int = 192
     batch_size: int = 2
@@ -189,7 +190,13 @@ def distill(cfg: DistillConfig, *, restart: bool = False, progress: bool = True,
     device = cfg.device
     use_bf16 = bf16_supported(device) if cfg.bf16 is None else cfg.bf16
     vgg, weights, target = loss_setup(load_rgb(style_path, max_side=style_size), cfg.vgg, device)
-    student, vgg = on_device(device, TransformerNet(SIZES[cfg.size]), vgg)
+    if cfg.init:
+        from .train import warm_start
+
+        student = warm_start(cfg.init, SIZES[cfg.size])
+    else:
+        student = TransformerNet(SIZES[cfg.size])
+    student, vgg = on_device(device, student, vgg)
     opt = torch.optim.Adam(student.parameters(), lr=cfg.lr)
     gen = torch.Generator().manual_seed(cfg.seed)
     sequences = SyntheticSequences(files, cfg.image_size)
@@ -197,6 +204,8 @@ def distill(cfg: DistillConfig, *, restart: bool = False, progress: bool = True,
     identity = {"teacher_flow": flow_id, "teacher_frame": file_digest(cfg.teacher_frame),
                 "size": cfg.size, "frames": cfg.frames, "image_size": cfg.image_size,
                 "batch_size": cfg.batch_size, "seed": cfg.seed}
+    if cfg.init:  # a state from another start point must not be resumed
+        identity["init"] = file_digest(cfg.init)
     run = Run(out, student, opt, gen, identity, restart=restart, log=log, every_s=cfg.checkpoint_every_s,
               every_steps=cfg.checkpoint_every_steps, grad_clip=cfg.grad_clip, lr_warmup=cfg.lr_warmup)
     run.start_clock()
@@ -237,6 +246,7 @@ def distill(cfg: DistillConfig, *, restart: bool = False, progress: bool = True,
                                                              "exact flow"} if cfg.teacher_flow == FLOW_BLEND else
                               {"name": Path(cfg.teacher_flow).name, "sha256_16": identity["teacher_flow"]}),
                      "frame": {"name": Path(cfg.teacher_frame).name, "sha256_16": identity["teacher_frame"]}},
+        **({"init": {"name": Path(cfg.init).name, "sha256_16": identity["init"]}} if cfg.init else {}),
         "style_image": Path(style_path).name,
         "style_image_sha256_16": card_b.get("style_image_sha256_16"),
         "training_data": {"folders": [f"{p.parent.name}/{p.name}" for p in data_folders(data)],

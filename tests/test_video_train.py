@@ -367,5 +367,15 @@ def test_flow_blend_teacher_is_the_render_blend_and_steadier_than_teacher_b(tmp_
     assert change(out_a) < 0.8 * change(out_b)
     cfg = DistillConfig(teacher_flow=FLOW_BLEND, teacher_frame=str(frame), out=str(tmp_path / "s.safetensors"),
                         data=str(photos), frames=3, image_size=32, batch_size=1, steps=1, bf16=False)
-    _, card = load_style_model(distill(cfg, progress=False, log=lambda *_: None))
+    first = distill(cfg, progress=False, log=lambda *_: None)
+    _, card = load_style_model(first)
     assert card["teachers"]["flow"]["name"] == FLOW_BLEND and "flow-blend teacher" in card["method_detail"]
+    # A warm start from a student (another style's, an earlier run's); a net of another size is refused.
+    warm = DistillConfig(**{**cfg.__dict__, "out": str(tmp_path / "w.safetensors"), "init": str(first), "lr": 0.0})
+    net, card = load_style_model(distill(warm, progress=False, log=lambda *_: None))
+    assert card["init"]["name"] == "s.safetensors"
+    start, _ = load_style_model(first)
+    assert all(torch.equal(a, b) for a, b in zip(net.state_dict().values(), start.state_dict().values()))
+    with pytest.raises(InputError, match="cannot start from this net"):
+        distill(DistillConfig(**{**warm.__dict__, "out": str(tmp_path / "x.safetensors"), "init": str(frame)}),
+                progress=False, log=lambda *_: None)
