@@ -18,11 +18,15 @@ def shared_video(name: str) -> Path:
 
 
 def trimmed_copy(src: Path, frames: int, out: Path) -> Path:
-    """The first ``frames`` frames of ``src`` with its audio, re-encoded near-losslessly (frame-exact)."""
+    """The first ``frames`` frames of ``src`` with its audio, re-encoded near-losslessly (frame-exact).
+
+    One x264 thread: its bitstream depends on the thread count, and so did the copy's content hash,
+    which keys the judge's flow cache (a run pinned to one core and a run on two computed the TV-L1
+    flow of the same frames twice)."""
     from pipeline.media import ffmpeg_binary
 
     subprocess.run([ffmpeg_binary(), "-v", "error", "-y", "-i", str(src), "-frames:v", str(frames),
-                    "-c:v", "libx264", "-crf", "12", "-preset", "veryfast", "-c:a", "aac", "-shortest", str(out)],
+                    "-c:v", "libx264", "-threads", "1", "-crf", "12", "-preset", "veryfast", "-c:a", "aac", "-shortest", str(out)],
                    check=True)
     return out
 
