@@ -83,7 +83,8 @@ class _ExactFlow:
     def pair(self, k: int):
         from pipeline.flow.masks import FlowPair
 
-        return FlowPair(forward=-self.backward[k], backward=self.backward[k], mask=self.mask[k])
+        # flow-blend reads the backward flow and the mask only; the forward flow is left out (zeros)
+        return FlowPair(forward=np.zeros_like(self.backward[k]), backward=self.backward[k], mask=self.mask[k])
 
 
 class RecurrentTeacher:
@@ -125,8 +126,9 @@ class BlendTeacher:
     @torch.no_grad()
     def __call__(self, frames: torch.Tensor, backward: torch.Tensor, step_mask: torch.Tensor):
         n, k = frames.shape[:2]
-        src = (frames.flatten(0, 1).permute(0, 2, 3, 1).float() * 255.0 + 0.5).clamp(0, 255).to(torch.uint8)
-        src = src.cpu().numpy()
+        from methods.net import to_uint8
+
+        src = to_uint8(frames.flatten(0, 1)).permute(0, 2, 3, 1).cpu().numpy()
         fresh = self.method.run(src)  # teacher B, every frame at once
         blended = np.empty_like(fresh)
         for j in range(n):
