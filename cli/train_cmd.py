@@ -118,7 +118,10 @@ def cmd_distill(args) -> int:
                  "distill_weight"):
         if getattr(args, name) is not None:
             setattr(cfg, name, getattr(args, name))
-    path = distill(cfg, restart=args.restart, progress=not args.quiet, log=lambda m: print(m, file=sys.stderr))
+    from methods.flow_blend import BlendTeacher
+
+    path = distill(cfg, restart=args.restart, progress=not args.quiet, log=lambda m: print(m, file=sys.stderr),
+                   blend_teacher=BlendTeacher)
     print(f"wrote {path}")
     return 0
 

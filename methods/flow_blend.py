@@ -144,3 +144,47 @@ class FlowBlend(NetMethod):
             blended = keep_detail(blended, fresh_f, a, self.strength)
         blended = np.clip(blended + 0.5, 0, full_scale(fresh)).astype(fresh.dtype)  # uint8, or uint16 (deep)
         return self.run(blended[None])[0] if self.refine else blended
+
+
+# ---------------------------------------------------------------- as a distillation teacher (models/distill.py)
+
+
+class _ExactFlow:
+    """A sequence's exact flow as the render's FlowSource: ``pair(k)`` for frame k (k >= 1)."""
+
+    def __init__(self, backward, step_mask):
+        self.backward = backward.permute(0, 2, 3, 1).cpu().numpy()  # (K, S, S, 2)
+        self.mask = step_mask[:, 0].float().cpu().numpy()  # (K, S, S)
+
+    def pair(self, k: int):
+        from pipeline.flow.masks import FlowPair
+
+        # flow-blend reads the backward flow and the mask only; the forward flow is left out (zeros)
+        return FlowPair(forward=np.zeros_like(self.backward[k]), backward=self.backward[k], mask=self.mask[k])
+
+
+class BlendTeacher:
+    """Teacher A, the render's flow-blend method over teacher B's net (its default options), run
+    over each sequence with the exact flow; B is that net's output, which the blend starts from."""
+
+    def __init__(self, frame_ckpt: str, device: str):
+        self.method = FlowBlend(frame_ckpt, RunSettings(device=device))
+
+    def __call__(self, frames, backward, step_mask):
+        import torch
+
+        from .net import to_uint8
+
+        n, k = frames.shape[:2]
+        src = to_uint8(frames.flatten(0, 1)).permute(0, 2, 3, 1).cpu().numpy()
+        fresh = self.method.run(src)  # teacher B, every frame at once
+        blended = np.empty_like(fresh)
+        for j in range(n):
+            part = slice(j * k, (j + 1) * k)
+            blended[part] = self.method.blend_sequence(fresh[part], src[part], 0, None,
+                                                       _ExactFlow(backward[j], step_mask[j]))[0]
+
+        def back(a: np.ndarray):
+            return torch.from_numpy(a).to(frames.device).permute(0, 3, 1, 2).float().div(255.0).view_as(frames)
+
+        return back(blended), back(fresh)

@@ -22,7 +22,6 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from pipeline.errors import InputError
@@ -73,20 +72,6 @@ class DistillConfig:
         return asdict(self)
 
 
-class _ExactFlow:
-    """A sequence's exact flow as the render's FlowSource: ``pair(k)`` for frame k (k >= 1)."""
-
-    def __init__(self, backward: torch.Tensor, step_mask: torch.Tensor):
-        self.backward = backward.permute(0, 2, 3, 1).cpu().numpy()  # (K, S, S, 2)
-        self.mask = step_mask[:, 0].float().cpu().numpy()  # (K, S, S)
-
-    def pair(self, k: int):
-        from pipeline.flow.masks import FlowPair
-
-        # flow-blend reads the backward flow and the mask only; the forward flow is left out (zeros)
-        return FlowPair(forward=np.zeros_like(self.backward[k]), backward=self.backward[k], mask=self.mask[k])
-
-
 class RecurrentTeacher:
     """Teacher A, the flow-recurrent net, run over each sequence as a render runs it (shot start,
     then the warped previous output, rounded to uint8 levels); B beside it."""
@@ -113,43 +98,17 @@ class RecurrentTeacher:
         return torch.stack(outs_a, 1), out_b
 
 
-class BlendTeacher:
-    """Teacher A, the render's flow-blend method over teacher B's net (its default options), run
-    over each sequence with the exact flow; B is that net's output, which the blend starts from."""
-
-    def __init__(self, frame_ckpt: str, device: str):
-        from methods.base import RunSettings
-        from methods.flow_blend import FlowBlend
-
-        self.method = FlowBlend(frame_ckpt, RunSettings(device=device))
-
-    @torch.no_grad()
-    def __call__(self, frames: torch.Tensor, backward: torch.Tensor, step_mask: torch.Tensor):
-        n, k = frames.shape[:2]
-        from methods.net import to_uint8
-
-        src = to_uint8(frames.flatten(0, 1)).permute(0, 2, 3, 1).cpu().numpy()
-        fresh = self.method.run(src)  # teacher B, every frame at once
-        blended = np.empty_like(fresh)
-        for j in range(n):
-            part = slice(j * k, (j + 1) * k)
-            blended[part] = self.method.blend_sequence(fresh[part], src[part], 0, None,
-                                                       _ExactFlow(backward[j], step_mask[j]))[0]
-
-        def back(a: np.ndarray) -> torch.Tensor:
-            return torch.from_numpy(a).to(frames.device).permute(0, 3, 1, 2).float().div(255.0).view_as(frames)
-
-        return back(blended), back(fresh)
-
-
-def _teachers(cfg: DistillConfig):
+def _teachers(cfg: DistillConfig, blend_teacher):
     """(teacher, card of B): ``teacher(frames, backward, step_mask)`` gives the (N, K, 3, S, S)
-    outputs of A and B."""
+    outputs of A and B. ``blend_teacher(frame_ckpt, device)`` makes the FLOW_BLEND one (the render
+    method lives in a layer above this one: methods.flow_blend.BlendTeacher)."""
     b, card_b = load_style_model(cfg.teacher_frame)
     if b.config.in_channels != 3:
         raise InputError(f"{cfg.teacher_frame}: teacher B must be a per-frame net (3 channels)")
     if cfg.teacher_flow == FLOW_BLEND:
-        return BlendTeacher(cfg.teacher_frame, cfg.device), card_b
+        if blend_teacher is None:
+            raise InputError("a flow-blend teacher A needs distill(..., blend_teacher=BlendTeacher)")
+        return blend_teacher(cfg.teacher_frame, cfg.device), card_b
     a, card_a = load_style_model(cfg.teacher_flow)
     if a.config.in_channels != RECURRENT_CHANNELS:
         raise InputError(f"{cfg.teacher_flow}: teacher A must be a flow-recurrent net "
@@ -161,7 +120,8 @@ def _teachers(cfg: DistillConfig):
     return RecurrentTeacher(*on_device(cfg.device, a, b)), card_b
 
 
-def distill(cfg: DistillConfig, *, restart: bool = False, progress: bool = True, log=print) -> Path:
+def distill(cfg: DistillConfig, *, restart: bool = False, progress: bool = True, log=print,
+            blend_teacher=None) -> Path:
     """Train the student and write its checkpoint to ``cfg.out``. Returns its path."""
     from tqdm import tqdm
 
@@ -173,7 +133,7 @@ def distill(cfg: DistillConfig, *, restart: bool = False, progress: bool = True,
     if cfg.size not in SIZES:
         raise InputError(f"unknown model size {cfg.size!r}; choose from {', '.join(SIZES)}")
     tune_malloc()
-    teacher, card_b = _teachers(cfg)
+    teacher, card_b = _teachers(cfg, blend_teacher)
     conf_b = card_b.get("config", {})
     if cfg.data is None:
         if not conf_b.get("data"):

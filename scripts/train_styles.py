@@ -104,9 +104,10 @@ def run_one(spec: dict) -> None:
     if kind == "image":
         train(TrainConfig(**spec), progress=False, log=print)
     elif kind == "distilled":
+        from methods.flow_blend import BlendTeacher
         from models.distill import DistillConfig, distill
 
-        distill(DistillConfig(**spec), progress=False, log=print)
+        distill(DistillConfig(**spec), progress=False, log=print, blend_teacher=BlendTeacher)
     else:
         spec["mix"] = tuple(spec["mix"])
         train_video(VideoTrainConfig(**spec), progress=False, log=print)

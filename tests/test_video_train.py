@@ -347,7 +347,8 @@ def test_distill_trains_a_flow_free_student_and_records_its_teachers(tmp_path, d
 def test_flow_blend_teacher_is_the_render_blend_and_steadier_than_teacher_b(tmp_path, data):
     """Teacher A by flow-blend: the shot's first frame is teacher B's own; after it, A changes less
     along the exact flow than B does (what the student is to learn); a distillation from it records it."""
-    from models.distill import FLOW_BLEND, BlendTeacher, DistillConfig, distill
+    from methods.flow_blend import BlendTeacher
+    from models.distill import FLOW_BLEND, DistillConfig, distill
     from models.video_data import SyntheticSequences
     from pipeline.flow import warp_torch
 
@@ -367,15 +368,15 @@ def test_flow_blend_teacher_is_the_render_blend_and_steadier_than_teacher_b(tmp_
     assert change(out_a) < 0.8 * change(out_b)
     cfg = DistillConfig(teacher_flow=FLOW_BLEND, teacher_frame=str(frame), out=str(tmp_path / "s.safetensors"),
                         data=str(photos), frames=3, image_size=32, batch_size=1, steps=1, bf16=False)
-    first = distill(cfg, progress=False, log=lambda *_: None)
+    first = distill(cfg, progress=False, log=lambda *_: None, blend_teacher=BlendTeacher)
     _, card = load_style_model(first)
     assert card["teachers"]["flow"]["name"] == FLOW_BLEND and "flow-blend teacher" in card["method_detail"]
     # A warm start from a student (another style's, an earlier run's); a net of another size is refused.
     warm = DistillConfig(**{**cfg.__dict__, "out": str(tmp_path / "w.safetensors"), "init": str(first), "lr": 0.0})
-    net, card = load_style_model(distill(warm, progress=False, log=lambda *_: None))
+    net, card = load_style_model(distill(warm, progress=False, log=lambda *_: None, blend_teacher=BlendTeacher))
     assert card["init"]["name"] == "s.safetensors"
     start, _ = load_style_model(first)
     assert all(torch.equal(a, b) for a, b in zip(net.state_dict().values(), start.state_dict().values()))
     with pytest.raises(InputError, match="cannot start from this net"):
         distill(DistillConfig(**{**warm.__dict__, "out": str(tmp_path / "x.safetensors"), "init": str(frame)}),
-                progress=False, log=lambda *_: None)
+                progress=False, log=lambda *_: None, blend_teacher=BlendTeacher)
