@@ -88,6 +88,8 @@ def add_commands(sub) -> None:
                              ("--low-rank-weight", float, "low-rank loss weight; 0 for none (default: 1)"),
                              ("--distill-weight", float, "weight of following teacher A (default: 10)")):
         p.add_argument(flag, type=kind, default=None, help=what)
+    p.add_argument("--lr-decay", default=None, choices=["constant", "cosine"],
+                   help="cosine: the rate falls to 0 over the steps after warm-up (default: cosine)")
     add_device_option(p, "training")
     p.add_argument("--bf16", choices=["auto", "on", "off"], default="auto")
     p.add_argument("--seed", type=int, default=0)
@@ -115,7 +117,7 @@ def cmd_distill(args) -> int:
                         bf16={"auto": None, "on": True, "off": False}[args.bf16], seed=args.seed,
                         checkpoint_every_s=args.checkpoint_every, device=resolve_device(args.device))
     for name in ("size", "init", "steps", "frames", "image_size", "batch_size", "alpha", "low_rank_weight",
-                 "distill_weight"):
+                 "distill_weight", "lr_decay"):
         if getattr(args, name) is not None:
             setattr(cfg, name, getattr(args, name))
     from methods.flow_blend import BlendTeacher

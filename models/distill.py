@@ -55,6 +55,7 @@ class DistillConfig:
     steps: int = 2000
     lr: float = 1e-3
     lr_warmup: int = 100
+    lr_decay: str = "cosine"  # the rate falls to 0 by ``steps``: a student's last steps settle its texture
     grad_clip: float = 100.0
     distill_weight: float = 10.0  # squared error on [0, 1] pixels is small against the relative perceptual terms
     alpha: float = 10.0  # difference weighting; 0: plain distillation (ablation)
@@ -169,7 +170,8 @@ def distill(cfg: DistillConfig, *, restart: bool = False, progress: bool = True,
     if cfg.init:  # a state from another start point must not be resumed
         identity["init"] = file_digest(cfg.init)
     run = Run(out, student, opt, gen, identity, restart=restart, log=log, every_s=cfg.checkpoint_every_s,
-              every_steps=cfg.checkpoint_every_steps, grad_clip=cfg.grad_clip, lr_warmup=cfg.lr_warmup)
+              every_steps=cfg.checkpoint_every_steps, grad_clip=cfg.grad_clip, lr_warmup=cfg.lr_warmup,
+              lr_decay=cfg.lr_decay, total_steps=cfg.steps)
     run.start_clock()
     bar = tqdm(total=cfg.steps, initial=run.step, disable=not progress, desc=f"distill {Path(style_path).stem}",
                dynamic_ncols=True)

@@ -185,6 +185,8 @@ def temporal_specs(styles: list[str], work: Path, pack_dir: Path, vgg_path: str,
                    steps) -> list[dict]:
     """Phase 4's runs for ``styles``: a flow-recurrent net, a stable net and a distilled student each;
     ``steps(cost)`` is the step count of a net that costs ``cost`` image-net steps a step."""
+    from models.distill import FLOW_BLEND
+
     data = [str(pack_dir / "bsds500" / "train"), str(pack_dir / "bsds500" / "val")]
     specs = []
     for s in styles:
@@ -199,7 +201,7 @@ def temporal_specs(styles: list[str], work: Path, pack_dir: Path, vgg_path: str,
                       "temporal": "reconet", "temporal_weight": 20.0, "temporal_feature_weight": 1.0,
                       "steps": steps(TEMPORAL["stable"])})
         # K = 4 frames of batch/4 sequences: as many frames a step as an image net's batch
-        specs.append({**common, "kind": "distilled", "teacher_flow": "flow-blend", "teacher_frame": image_net,
+        specs.append({**common, "kind": "distilled", "teacher_flow": FLOW_BLEND, "teacher_frame": image_net,
                       "out": str(work / "distilled" / f"{s}.safetensors"), "batch_size": max(1, args.batch // 4),
                       "frames": 4, "steps": steps(TEMPORAL["distilled"])})
     return specs

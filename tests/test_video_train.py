@@ -327,6 +327,7 @@ def test_distill_trains_a_flow_free_student_and_records_its_teachers(tmp_path, d
     assert card["teachers"]["flow"]["name"] == "flow.safetensors" and card["steps"] == 2
     assert {"distill", "low_rank", "style", "content"} <= set(card["losses"]["final_ema"])
     assert "/" not in card["config"]["teacher_flow"]  # no path of this machine in the card
+    assert card["config"]["lr_decay"] == "cosine"  # a from-scratch student settles at the end
 
     # Teacher A runs over the sequence as a render does: its first frame is a shot start.
     a, _ = load_style_model(flow)
