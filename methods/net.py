@@ -39,13 +39,15 @@ def _resize(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
 
 
 def to_uint8(y: torch.Tensor) -> torch.Tensor:
-    """[0, 1] float -> uint8 with round-half-up: every method's frames are quantised the same way."""
-    return y.float().mul_(255.0).add_(0.5).clamp_(0, 255).to(torch.uint8)
+    """[0, 1] float -> uint8 with round-half-up: every method's frames are quantised the same way.
+    ``y`` is left as it is (``float()`` of a float32 tensor is the tensor itself: an in-place
+    multiply scaled the distillation's training frames by 255 behind its back)."""
+    return y.float().mul(255.0).add_(0.5).clamp_(0, 255).to(torch.uint8)
 
 
 def to_uint16(y: torch.Tensor) -> torch.Tensor:
     """[0, 1] float -> 16-bit values (as int32: torch has no uint16 arithmetic), round-half-up."""
-    return y.float().mul_(65535.0).add_(0.5).clamp_(0, 65535).to(torch.int32)
+    return y.float().mul(65535.0).add_(0.5).clamp_(0, 65535).to(torch.int32)
 
 
 class NetRunner:

@@ -156,3 +156,15 @@ def test_upscalers_are_built_for_the_render_device_with_their_options(tmp_path, 
         upscale.UPSCALERS.pop("recording-test")
     with pytest.raises(InputError, match="lanczos takes no options"):
         upscale.make_upscaler("lanczos", tile=256)
+
+
+def test_quantisation_rounds_half_up_and_leaves_its_input_alone():
+    import torch
+
+    from methods.net import to_uint8, to_uint16
+
+    y = torch.tensor([0.0, 0.5 / 255, 1.0, 1.5, -0.2])
+    kept = y.clone()
+    assert to_uint8(y).tolist() == [0, 1, 255, 255, 0]
+    assert to_uint16(y).tolist() == [0, 129, 65535, 65535, 0]
+    assert torch.equal(y, kept)  # float() of a float32 tensor is the tensor itself: no in-place scaling

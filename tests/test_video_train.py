@@ -357,7 +357,11 @@ def test_flow_blend_teacher_is_the_render_blend_and_steadier_than_teacher_b(tmp_
     frame = _checkpoint(tmp_path / "frame.safetensors", 3, style, photos)
     seq = SyntheticSequences(sorted(photos.glob("*.png")), 48).batch(torch.Generator().manual_seed(3), 2, 4)
     frames = torch.floor(seq.frames * 255 + 0.5) / 255
+    kept = frames.clone()
     out_a, out_b = BlendTeacher(str(frame), "cpu")(frames, seq.backward, seq.step_mask)
+    # The teacher leaves the frames as they were: they are also the student's input and the content
+    # target (an in-place quantisation once scaled them by 255, and the student learned that scale).
+    assert torch.equal(frames, kept)
     assert out_a.shape == out_b.shape == frames.shape
     assert torch.equal(out_a[:, 0], out_b[:, 0]) and not torch.equal(out_a[:, 1:], out_b[:, 1:])
 
