@@ -48,6 +48,13 @@ class _PairSource:
         return self.pairs[t]
 
 
+def method_entry(entry: str, style: str) -> tuple[str, str]:
+    """``METHOD`` (the style's shipped net for it) or ``METHOD@CHECKPOINT`` (another net of that
+    method, e.g. an ablation's student, judged against the same painting): (method, net or style)."""
+    method, _, ckpt = entry.partition("@")
+    return method, ckpt or style
+
+
 def sintel(methods: list[str], style: str, width: int, device: str = "cpu") -> dict:
     import cv2
     from PIL import Image
@@ -72,8 +79,9 @@ def sintel(methods: list[str], style: str, width: int, device: str = "cpu") -> d
         invalid = (np.asarray(Image.open(invalid_path).convert("L")) > 127) if invalid_path.exists() else False
         mask = (~occluded & ~invalid).astype(np.float32)
         for m in methods:
+            method, net = method_entry(m, style)
             run = RunSettings(device=device, precision=defaults_for(device).precision)
-            stylizer = make_method(m, resolve_style(style, m), run)
+            stylizer = make_method(method, resolve_style(net, method), run)
             out, _ = stylizer.stylize(small, 0, None, flow=flow if stylizer.needs_flow else None)
             big = [cv2.resize(o, (w, h), interpolation=cv2.INTER_CUBIC) for o in out]
             # frames 2 and 3 (indices 1, 2): GT flow 2 -> 3, mask on frame 2's pixels
@@ -98,17 +106,18 @@ def real_clip(methods: list[str], style: str, width: int, clip: Path, frames: in
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         src = trimmed_copy(clip, frames, tmp / "clip.mp4") if frames else clip
-        for m in methods:
+        for i, m in enumerate(methods):
+            method, net = method_entry(m, style)
             # a fresh render cache per method: the flow methods compute their flow, as a first render does
-            cfg = RenderConfig(input=str(src), output=str(tmp / f"{m}.mp4"), style=style, method=m, width=width,
-                               cache_dir=str(tmp / f"cache-{m}"), keep_work=False, device=device)
+            cfg = RenderConfig(input=str(src), output=str(tmp / f"{i}.mp4"), style=net, method=method, width=width,
+                               cache_dir=str(tmp / f"cache-{i}"), keep_work=False, device=device)
             report = render(cfg, progress=False, log=lambda msg: None)
             chunk_starts = report.__dict__.get("chunk_starts") or []
             shot_starts = report.__dict__.get("shot_starts") or [0]
-            r = evaluate(str(tmp / f"{m}.mp4"), str(src), width=width, shot_starts=shot_starts,
+            r = evaluate(str(tmp / f"{i}.mp4"), str(src), width=width, shot_starts=shot_starts,
                          chunk_starts=chunk_starts, style=style, flow_cache=str(cache_root() / "judge-flow"),
                          device=device)
-            far = evaluate(str(tmp / f"{m}.mp4"), str(src), width=width, shot_starts=shot_starts,
+            far = evaluate(str(tmp / f"{i}.mp4"), str(src), width=width, shot_starts=shot_starts,
                            flow_backend="farneback")
             results[m] = {"warping_error": r.warping_error, "warping_error_farneback": far.warping_error,
                           "style_loss": r.style_loss, "content_loss": r.content_loss, "tone": r.tone,
@@ -140,7 +149,9 @@ def summary(out: dict, methods: list[str]) -> list[str]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--style", default="starry_night")
-    ap.add_argument("--methods", nargs="+", default=["per-frame", "flow-blend", "flow-recurrent"])
+    ap.add_argument("--methods", nargs="+", default=["per-frame", "flow-blend", "flow-recurrent"],
+                    help="METHOD (the style's shipped net for it) or METHOD@CHECKPOINT (another net of that "
+                         "method: an ablation, a run in progress), judged against the style's painting")
     ap.add_argument("--width", type=int, default=640)
     ap.add_argument("--clips", nargs="+", default=None,
                     help="real clips (paths, or names in ../shared/data/videos); default: " + ", ".join(DEFAULT_CLIPS))
