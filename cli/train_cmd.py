@@ -78,6 +78,8 @@ def add_commands(sub) -> None:
     p.add_argument("--out", required=True, metavar="CKPT")
     p.add_argument("--data", action="append", metavar="DIR", help="content photos (default: teacher B's)")
     p.add_argument("--size", default=None, help="student size (default: student)")
+    p.add_argument("--norm", default=None, choices=["instance", "frn", "none"],
+                   help="normalization layers of the student (default: the size's, none for student)")
     p.add_argument("--init", metavar="CKPT", help="start from this net of the student's size (a warm start: another "
                                                    "style's student, or an earlier run's)")
     for flag, kind, what in (("--steps", positive_int, "training steps (default: 2000)"),
@@ -86,7 +88,9 @@ def add_commands(sub) -> None:
                              ("--batch-size", positive_int, "sequences per step (default: 2)"),
                              ("--alpha", float, "difference weighting; 0 for none (default: 10)"),
                              ("--low-rank-weight", float, "low-rank loss weight; 0 for none (default: 1)"),
-                             ("--distill-weight", float, "weight of following teacher A (default: 10)")):
+                             ("--distill-weight", float, "weight of following teacher A (default: 10)"),
+                             ("--perceptual-scale", float,
+                              "times teacher B's perceptual loss weights (content, style, tv, tone; default: 1)")):
         p.add_argument(flag, type=kind, default=None, help=what)
     p.add_argument("--lr-decay", default=None, choices=["constant", "cosine"],
                    help="cosine: the rate falls to 0 over the steps after warm-up (default: cosine)")
@@ -116,8 +120,8 @@ def cmd_distill(args) -> int:
     cfg = DistillConfig(teacher_flow=flow, teacher_frame=frame, out=args.out, data=args.data,
                         bf16={"auto": None, "on": True, "off": False}[args.bf16], seed=args.seed,
                         checkpoint_every_s=args.checkpoint_every, device=resolve_device(args.device))
-    for name in ("size", "init", "steps", "frames", "image_size", "batch_size", "alpha", "low_rank_weight",
-                 "distill_weight", "lr_decay"):
+    for name in ("size", "norm", "init", "steps", "frames", "image_size", "batch_size", "alpha", "low_rank_weight",
+                 "distill_weight", "perceptual_scale", "lr_decay"):
         if getattr(args, name) is not None:
             setattr(cfg, name, getattr(args, name))
     from methods.flow_blend import BlendTeacher

@@ -19,7 +19,7 @@ levels). The bookkeeping (resume, checkpoints, guards) is models/train_run.py's.
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import torch
@@ -48,6 +48,7 @@ class DistillConfig:
     data: tuple[str, ...] | list[str] | str | None = None  # content photos; None: teacher B's card's folders
     style: str | None = None  # the painting; None: the one teacher B's card names
     size: str = "student"
+    norm: str | None = None  # the size's normalization ("none" for the student) unless named
     init: str | None = None  # a net of that size to start from (another style's student, an earlier run)
     frames: int = 4  # K: consecutive frames per sample (the paper: 3-5)
     image_size: int = 192
@@ -153,19 +154,20 @@ def distill(cfg: DistillConfig, *, restart: bool = False, progress: bool = True,
     device = cfg.device
     use_bf16 = bf16_supported(device) if cfg.bf16 is None else cfg.bf16
     vgg, weights, target = loss_setup(load_rgb(style_path, max_side=style_size), cfg.vgg, device)
+    arch = SIZES[cfg.size] if cfg.norm is None else replace(SIZES[cfg.size], norm=cfg.norm)
     if cfg.init:
         from .train import warm_start
 
-        student = warm_start(cfg.init, SIZES[cfg.size])
+        student = warm_start(cfg.init, arch)
     else:
-        student = TransformerNet(SIZES[cfg.size])
+        student = TransformerNet(arch)
     student, vgg = on_device(device, student, vgg)
     opt = torch.optim.Adam(student.parameters(), lr=cfg.lr)
     gen = torch.Generator().manual_seed(cfg.seed)
     sequences = SyntheticSequences(files, cfg.image_size)
     flow_id = FLOW_BLEND if cfg.teacher_flow == FLOW_BLEND else file_digest(cfg.teacher_flow)
     identity = {"teacher_flow": flow_id, "teacher_frame": file_digest(cfg.teacher_frame),
-                "size": cfg.size, "frames": cfg.frames, "image_size": cfg.image_size,
+                "size": cfg.size, "norm": arch.norm, "frames": cfg.frames, "image_size": cfg.image_size,
                 "batch_size": cfg.batch_size, "seed": cfg.seed}
     if cfg.init:  # a state from another start point must not be resumed
         identity["init"] = file_digest(cfg.init)

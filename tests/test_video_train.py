@@ -385,3 +385,11 @@ def test_flow_blend_teacher_is_the_render_blend_and_steadier_than_teacher_b(tmp_
     with pytest.raises(InputError, match="cannot start from this net"):
         distill(DistillConfig(**{**warm.__dict__, "out": str(tmp_path / "x.safetensors"), "init": str(frame)}),
                 progress=False, log=lambda *_: None, blend_teacher=BlendTeacher)
+    # --norm: the student's normalization (the size's, none, unless named); a warm start keeps it.
+    assert net.config.norm == "none"
+    normed = DistillConfig(**{**cfg.__dict__, "out": str(tmp_path / "n.safetensors"), "norm": "instance"})
+    net, card = load_style_model(distill(normed, progress=False, log=lambda *_: None, blend_teacher=BlendTeacher))
+    assert net.config.norm == card["architecture"]["norm"] == "instance"
+    with pytest.raises(InputError, match="norm none"):
+        distill(DistillConfig(**{**normed.__dict__, "out": str(tmp_path / "y.safetensors"), "init": str(first)}),
+                progress=False, log=lambda *_: None, blend_teacher=BlendTeacher)
