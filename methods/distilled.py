@@ -1,8 +1,9 @@
 """distilled: a small one-frame student distilled from a flow-guided render (Chen et al. 2020).
 
 Trained by ``filmstyle distill STYLE`` (models/distill.py) to follow the flow-using teacher (by
-default the flow-blend render of the style's per-frame net) where flow made the video steady; at render time one frame in, no flow computed, and a fifth of the
-full net's compute. Its checkpoints live in ``weights/distilled/``.
+default the flow-blend render of the style's per-frame net) where flow made the video steady; at
+render time one frame in, no flow computed, and a fifth of the full net's compute. Its checkpoints
+live in ``weights/distilled/``.
 """
 from __future__ import annotations
 
