@@ -44,6 +44,18 @@ def _stylizers(styles: list[str], device: str):
     return [make_method("per-frame", resolve_style(s, "per-frame"), run) for s in styles]
 
 
+def _column_label(style: str) -> str:
+    """A shipped name as given; a checkpoint by its file name and, when it is not a per-frame net,
+    its method (a style's student beside its per-frame net must not read as the same column)."""
+    if not style.endswith(".safetensors"):
+        return style
+    from models.checkpoint import read_card
+
+    method = read_card(style).get("method")
+    name = Path(style).stem
+    return f"{name} ({method})" if method and not method.startswith("per-frame") else name
+
+
 def _stylize(method, frames: np.ndarray) -> np.ndarray:
     out, _ = method.stylize(frames, 0, None)
     return out
@@ -99,6 +111,7 @@ def preview(input_path: str, styles: list[str], prefix: str, *, moments: int = 8
     if not out.parent.is_dir():
         raise OutputError(f"{out.parent}: output folder does not exist")
     nets = _stylizers(styles, device)
+    labels = [_column_label(s) for s in styles]
     stages["probe+load"] = time.perf_counter() - t0
 
     t = time.perf_counter()
@@ -114,7 +127,7 @@ def preview(input_path: str, styles: list[str], prefix: str, *, moments: int = 8
     rows = []
     for i, s in enumerate(times):
         tiles = [_label(columns[0][i], f"{int(s // 3600):d}:{int(s % 3600 // 60):02d}:{s % 60:05.2f}")]
-        tiles += [_label(columns[j + 1][i], Path(styles[j]).stem) for j in range(len(nets))]
+        tiles += [_label(columns[j + 1][i], labels[j]) for j in range(len(nets))]
         rows.append(np.concatenate([np.pad(x, ((0, gap), (0, gap), (0, 0)), constant_values=255) for x in tiles], 1))
     sheet = out.with_name(out.name + ".png")
     _write_png(sheet, np.concatenate(rows, 0))

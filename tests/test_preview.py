@@ -44,3 +44,13 @@ def test_preview_cli_bad_input_is_one_line(tmp_path, clip):
         assert proc.returncode == 2 and message in proc.stderr, proc.stderr
         assert len(proc.stderr.strip().splitlines()) == 1
     assert not list(tmp_path.glob("pv*"))
+
+
+def test_a_student_column_is_labelled_with_its_method():
+    from engine.preview import _column_label
+    from models.checkpoint import shipped_styles, shipped_variant
+
+    student = shipped_variant("starry_night", "distilled")
+    assert _column_label(str(student)) == "starry_night (distilled)"
+    assert _column_label(str(shipped_styles()["starry_night"])) == "starry_night"
+    assert _column_label("starry_night") == "starry_night"
