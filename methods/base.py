@@ -92,6 +92,8 @@ class Method(ABC):
     carries_state: ClassVar[bool] = True
     style_input: ClassVar[str] = "checkpoint"  # or "image"
     checkpoint_folder: ClassVar[str | None] = None
+    # how a user makes the net a shipped style lacks ({style}: its name, {init}: its per-frame net)
+    train_command: ClassVar[str] = "filmstyle train --video --init {init} --out OUT.safetensors"
     # True: stylize also takes uint16 frames (a source deeper than 8 bits for a deeper delivery) and
     # returns uint16; False: it is given 8-bit frames whatever the source
     deep_frames: ClassVar[bool] = False
@@ -224,8 +226,9 @@ def resolve_style(name_or_path: str, method: str = "per-frame", *, module: str |
             have = [n for n in styles if shipped_variant(n, cls.checkpoint_folder)]
             raise InputError(f"style {name_or_path!r} has no {method} model shipped"
                              + (f" (styles with one: {', '.join(have)})" if have else "")
-                             + "; train one with 'filmstyle train --video --init "
-                             f"{styles[name_or_path]}' and pass its path")
+                             + "; train one with '"
+                             + cls.train_command.format(style=name_or_path, init=styles[name_or_path])
+                             + "' and pass its path")
         return variant
     p = Path(name_or_path)
     if p.suffix or os.sep in name_or_path:

@@ -16,3 +16,4 @@ class Distilled(PerFrame):
     name = "distilled"
     summary = "a small one-frame student distilled from a flow-guided render; no flow, fastest"
     checkpoint_folder = "distilled"
+    train_command = "filmstyle distill {style} --out OUT.safetensors"

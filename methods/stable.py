@@ -16,3 +16,4 @@ class Stable(PerFrame):
     name = "stable"
     summary = "one frame in, no flow, trained steady (ReCoNet); per-frame speed"
     checkpoint_folder = "stable"
+    train_command = "filmstyle train --video --temporal reconet --init {init} --out OUT.safetensors"

@@ -238,6 +238,12 @@ def test_resolve_style_picks_the_net_for_the_method(tmp_path, monkeypatch):
     assert resolve_style("oil", "flow-recurrent") == recurrent
     with pytest.raises(InputError, match="no flow-recurrent model shipped.*styles with one: oil"):
         resolve_style("ink", "flow-recurrent")
+    # the hint names the command that makes that method's net
+    with pytest.raises(InputError, match=r"no distilled model shipped; train one with 'filmstyle distill ink "):
+        resolve_style("ink", "distilled")
+    with pytest.raises(InputError, match=r"no stable model shipped; train one with 'filmstyle train --video "
+                                         r"--temporal reconet --init \S*ink.safetensors"):
+        resolve_style("ink", "stable")
 
 
 def test_shipped_styles_load():
