@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import logging
 import pickle
+import struct
 from fractions import Fraction
 from pathlib import Path
 
@@ -13,7 +14,7 @@ import torch
 
 from pipeline import flow as F
 from pipeline.errors import InputError
-from pipeline.flow import (CachedFlowSource, FlowCache, FlowPair, compute_flows, compute_pair, decode_pair,
+from pipeline.flow import (CachedFlowSource, CorruptEntry, FlowCache, FlowPair, compute_flows, compute_pair, decode_pair,
                            encode_pair, in_frame, make_flow_backend, reliability_mask, warp, warp_torch)
 from pipeline.metrics import end_point_error, read_flo
 from pipeline.storage import LocalStorage
@@ -493,6 +494,56 @@ def test_compute_flows_fills_cache_per_chunk(tmp_path, pan_clip, monkeypatch):
     forward, backward, mask = source.pair(4)  # the pair that bridges the two chunks
     assert end_point_error(forward, flows[3], in_frame(flows[3])) < 0.5
     assert mask.shape == (72, 128) and mask.mean() > 0.8
+
+
+def test_compute_flows_stores_what_compute_pair_gives_and_a_failed_store_fails_it(tmp_path, pan_clip, monkeypatch):
+    """The mask and the store run in a thread beside the next pair's flow: the same entries as the
+    pair computed in one piece, and a store that fails stops the chunk with its error."""
+    from pipeline.plan import flow_pairs, make_plan
+    from pipeline.shots import Shot
+
+    info, _, _ = pan_clip
+    plan = make_plan("ef" * 32, info.frame_count, info.fps, (128, 72), [Shot(0, 0, 8)], max_chunk_frames=8)
+    backend = make_flow_backend("dis")
+    cache = FlowCache(LocalStorage(str(tmp_path / "a")), plan.source_hash, plan.working_size, backend)
+    assert compute_flows(info, plan, flow_pairs(plan), backend, cache)["computed"] == 7
+    from pipeline import media
+
+    frames = list(media.decode_frames(info, 0, 8, (128, 72)))
+    for t in range(1, 8):
+        want = compute_pair(backend, frames[t - 1], frames[t])
+        got = cache.get(cache.key(t))
+        for a, b in zip(got, decode_pair(encode_pair(want))):
+            np.testing.assert_array_equal(a, b)
+
+    broken = FlowCache(LocalStorage(str(tmp_path / "b")), plan.source_hash, plan.working_size, backend)
+    real_put = broken.storage.put
+
+    def put(key, data):
+        if key == broken.key(4):
+            raise OSError("disk full")
+        real_put(key, data)
+
+    monkeypatch.setattr(broken.storage, "put", put)
+    with pytest.raises(OSError, match="disk full"):
+        compute_flows(info, plan, flow_pairs(plan), backend, broken)
+    assert [broken.has(t) for t in range(1, 8)] == [True] * 3 + [False] * 4, "stops at the failed pair"
+
+
+def test_zlib_entries_stay_readable_and_are_written_without_zstandard(pan_pair, monkeypatch):
+    """Entries of either compressor decode to the same pair (so the cache keys do not change)."""
+    from pipeline.flow import codec
+
+    zstd_entry = encode_pair(pan_pair)
+    assert struct.unpack_from("<6sH", zstd_entry)[1] == 2
+    monkeypatch.setattr(codec, "_zstd", lambda: None)
+    zlib_entry = encode_pair(pan_pair)
+    assert struct.unpack_from("<6sH", zlib_entry)[1] == 1 and len(zstd_entry) < len(zlib_entry)
+    with pytest.raises(CorruptEntry, match="zstandard"):
+        decode_pair(zstd_entry)
+    monkeypatch.undo()
+    for a, b in zip(decode_pair(zlib_entry), decode_pair(zstd_entry)):
+        np.testing.assert_array_equal(a, b)
 
 
 def test_cached_flow_source_computes_on_miss_only_with_frames(tmp_path):

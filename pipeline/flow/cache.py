@@ -14,9 +14,9 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping, Sequence
 import cv2
 import numpy as np
 
-from .backends import FlowBackend
+from .backends import FlowBackend, _bidirectional
 from .codec import FORMAT_VERSION, CorruptEntry, decode_pair, encode_pair
-from .masks import FlowPair, compute_pair
+from .masks import FlowPair, compute_pair, pair_from_flows
 
 if TYPE_CHECKING:  # runtime needs nothing from these modules
     from ..media import VideoInfo
@@ -93,10 +93,14 @@ class FlowCache:
 
     def put(self, key: str, pair: FlowPair) -> FlowPair:
         """Store ``pair``; returns it as it reads back (quantized), so hits and misses give equal results."""
+        return decode_pair(self.store(key, pair))
+
+    def store(self, key: str, pair: FlowPair) -> bytes:
+        """Store ``pair``; returns the stored bytes (``put`` without the read-back)."""
         data = encode_pair(pair)
         self.storage.put(key, data)
         self._stats.bytes_written += len(data)
-        return decode_pair(data)
+        return data
 
     def get_or_compute(self, t: int, compute_fn: Callable[[], FlowPair]) -> FlowPair:
         key = self.key(t)
@@ -105,9 +109,17 @@ class FlowCache:
 
     def compute(self, backend: FlowBackend, prev: np.ndarray, cur: np.ndarray) -> FlowPair:
         """``compute_pair`` with this cache's mask options, after checking ``backend`` is the keyed one."""
+        self._check_backend(backend)
+        return compute_pair(backend, prev, cur, **self.mask_options)
+
+    def flows(self, backend: FlowBackend, prev: np.ndarray, cur: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The forward and backward flow of ``compute``, without the mask (``pair_from_flows`` adds it)."""
+        self._check_backend(backend)
+        return _bidirectional(backend, prev, cur)
+
+    def _check_backend(self, backend: FlowBackend) -> None:
         if backend_identity(backend) != self.backend_id:
             raise ValueError(f"backend {backend_identity(backend)} differs from the cache's {self.backend_id}")
-        return compute_pair(backend, prev, cur, **self.mask_options)
 
     def stats(self) -> CacheStats:
         return CacheStats(**self._stats.as_dict())
@@ -146,8 +158,15 @@ def compute_flows(source_info: "VideoInfo", plan: "RenderPlan", pairs: Sequence[
     Frames are decoded at ``plan.working_size`` in contiguous runs, each needed
     frame once. Stored entries are trusted here (readers verify them and
     recompute a corrupt one). ``progress(done, total)`` is called after each
-    computed pair. Returns {"pairs", "computed", "cached"}.
+    stored pair. Returns {"pairs", "computed", "cached"}.
+
+    Each pair's flows are computed here while a thread makes the mask of the pair before and stores
+    it: DIS medium keeps both cores of a 2-core machine busy for about 25 ms of a 640x360 pair (the
+    backward flow in its own thread), and the mask and the compressed entry took 11 ms more on one
+    core with the other idle (cockatoo clip; see the README's throughput benchmark for the stage).
     """
+    from concurrent.futures import ThreadPoolExecutor
+
     from ..media import decode_frames
 
     if (plan.source_hash, tuple(plan.working_size)) != (cache.source_hash, cache.size):
@@ -159,15 +178,35 @@ def compute_flows(source_info: "VideoInfo", plan: "RenderPlan", pairs: Sequence[
     todo = sorted(t for t in targets if not cache.has(t))
     wanted = set(todo)
     done = 0
-    for start, end in _frame_runs((t - 1, t) for t in todo):
-        prev = None
-        for t, frame in enumerate(decode_frames(source_info, start, end, plan.working_size), start):
-            if prev is not None and t in wanted:
-                cache.put(cache.key(t), cache.compute(backend, prev, frame))
-                done += 1
-                if progress is not None:
-                    progress(done, len(todo))
-            prev = frame
+
+    def finish(t: int, flows: tuple[np.ndarray, np.ndarray]) -> None:
+        cache.store(cache.key(t), pair_from_flows(*flows, **cache.mask_options))
+
+    def land(future) -> None:
+        nonlocal done
+        future.result()
+        done += 1
+        if progress is not None:
+            progress(done, len(todo))
+
+    with ThreadPoolExecutor(1, thread_name_prefix="filmstyle-flow-store") as pool:
+        pending = None  # the previous pair's store: at most one in flight, so memory stays flat
+        try:
+            for start, end in _frame_runs((t - 1, t) for t in todo):
+                prev = None
+                for t, frame in enumerate(decode_frames(source_info, start, end, plan.working_size), start):
+                    if prev is not None and t in wanted:
+                        flows = cache.flows(backend, prev, frame)
+                        if pending is not None:
+                            land(pending)
+                        pending = pool.submit(finish, t, flows)
+                    prev = frame
+            if pending is not None:
+                land(pending)
+                pending = None
+        finally:
+            if pending is not None and not pending.done():
+                pending.cancel()
     return {"pairs": len(targets), "computed": done, "cached": len(targets) - len(todo)}
 
 

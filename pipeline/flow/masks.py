@@ -89,6 +89,11 @@ class FlowPair:
 def compute_pair(backend: FlowBackend, prev: np.ndarray, cur: np.ndarray, *, soft: bool = False,
                  motion_boundaries: bool = True) -> FlowPair:
     """Forward and backward flow between frames t-1 (``prev``) and t (``cur``) and frame t's mask."""
-    forward, backward = _bidirectional(backend, prev, cur)
+    return pair_from_flows(*_bidirectional(backend, prev, cur), soft=soft, motion_boundaries=motion_boundaries)
+
+
+def pair_from_flows(forward: np.ndarray, backward: np.ndarray, *, soft: bool = False,
+                    motion_boundaries: bool = True) -> FlowPair:
+    """The FlowPair of a pair's two flows: frame t's reliability mask added (``compute_pair``'s second half)."""
     mask = reliability_mask(forward, backward, soft=soft, motion_boundaries=motion_boundaries)
     return FlowPair(forward.astype(np.float32, copy=False), backward.astype(np.float32, copy=False), mask)
