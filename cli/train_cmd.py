@@ -34,7 +34,7 @@ def add_commands(sub) -> None:
                    help="feature-level temporal loss weight (default: off for recurrent, the output weight for "
                         "reconet)")
     p.add_argument("--size", default="full", help="network size: full or student")
-    p.add_argument("--norm", default=None, choices=["instance", "frn", "none"],
+    p.add_argument("--norm", default=None, choices=["instance", "instance-inner", "frn", "none"],
                    help="normalization layers of the net (default: instance)")
     p.add_argument("--steps", type=positive_int, default=None, help="training steps (default: 1600)")
     p.add_argument("--batch-size", type=positive_int, default=None, help="default: 8")
@@ -78,7 +78,7 @@ def add_commands(sub) -> None:
     p.add_argument("--out", required=True, metavar="CKPT")
     p.add_argument("--data", action="append", metavar="DIR", help="content photos (default: teacher B's)")
     p.add_argument("--size", default=None, help="student size (default: student)")
-    p.add_argument("--norm", default=None, choices=["instance", "frn", "none"],
+    p.add_argument("--norm", default=None, choices=["instance", "instance-inner", "frn", "none"],
                    help="normalization layers of the student (default: the size's, none for student)")
     p.add_argument("--init", metavar="CKPT", help="start from this net of the student's size (a warm start: another "
                                                    "style's student, or an earlier run's)")

@@ -33,6 +33,10 @@ class TransformerConfig:
     # at any content weight, learning rate, or identity warm start we tried; batch norm
     # washed colours out. Without normalization the same 150-step A/B came out clean.
     norm: str = "none"
+    # "instance-inner": instance norm at 1/2 and 1/4 resolution only; the two full-size layers
+    # (the first 9x9 conv's output and the last upsample's) have none. For the flow-free student,
+    # whose norms at full size are most of their cost (16-channel 640x360 maps): an A/B of
+    # issue 13, see the README's table of students.
     # Optionally the input also goes, beside the decoder's features, into the last 9x9 conv,
     # so colours and contrast need not survive the whole net (identity learned to 0.0025
     # pixel MSE in 150 steps, against 0.045 without). Off by default: with it the nets
@@ -155,15 +159,18 @@ class TransformerNet(nn.Module):
         super().__init__()
         self.config = config
         c, n = config.base_channels, config.norm
+        full = "none" if n == "instance-inner" else n  # the norm of the full-size layers
+        if n == "instance-inner":
+            n = "instance"
         self.encoder = nn.Sequential(
-            ConvNormReLU(config.in_channels, c, 9, 1, n),
+            ConvNormReLU(config.in_channels, c, 9, 1, full),
             ConvNormReLU(c, 2 * c, 3, 2, n),
             ConvNormReLU(2 * c, 4 * c, 3, 2, n),
             *[ResidualBlock(4 * c, n) for _ in range(config.residual_blocks)],
         )
         self.decoder = nn.Sequential(
             UpsampleConv(4 * c, 2 * c, n),
-            UpsampleConv(2 * c, c, n),
+            UpsampleConv(2 * c, c, full),
         )
         self.head = ConvLayer(c + (config.in_channels if config.input_skip else 0), 3, 9)
 

@@ -58,6 +58,21 @@ def test_default_net_has_no_norm_layers_and_no_input_skip():
     assert TransformerConfig.from_dict(SIZES["full"].to_dict()) == SIZES["full"]
 
 
+def test_inner_instance_norm_leaves_the_full_size_layers_without():
+    """instance-inner: norms at 1/2 and 1/4 resolution only, so a full-size map is never normalised."""
+    def norms(kind):
+        net = TransformerNet(TransformerConfig(base_channels=8, residual_blocks=1, norm=kind))
+        return net, [m for m in net.modules() if isinstance(m, torch.nn.InstanceNorm2d)]
+
+    _, full = norms("instance")
+    net, inner = norms("instance-inner")
+    assert len(inner) == len(full) - 2 and all(m.num_features > 8 for m in inner)
+    assert not any(isinstance(m, torch.nn.InstanceNorm2d) for m in net.encoder[0].modules())
+    assert not any(isinstance(m, torch.nn.InstanceNorm2d) for m in net.decoder[-1].modules())
+    assert TransformerConfig.from_dict(net.config.to_dict()).norm == "instance-inner"
+    assert net.stylize(torch.rand(1, 3, 30, 42)).shape == (1, 3, 30, 42)
+
+
 def test_seven_channel_variant():
     net = TransformerNet(TransformerConfig(base_channels=8, residual_blocks=1, in_channels=7))
     assert net(torch.rand(1, 7, 32, 32)).shape == (1, 3, 32, 32)
