@@ -49,11 +49,15 @@ class _PairSource:
         return self.pairs[t]
 
 
-def method_entry(entry: str, style: str) -> tuple[str, str]:
+def method_entry(entry: str, style: str) -> tuple[str, str, str]:
     """``METHOD`` (the style's shipped net for it) or ``METHOD@CHECKPOINT`` (another net of that
-    method, e.g. an ablation's student, judged against the same painting): (method, net or style)."""
+    method, e.g. an ablation's student, judged against the same painting), either with ``~PRESET``
+    (the DIS preset of a flow method's flow; default a render's): (method, net or style, preset)."""
+    from engine.config import RenderConfig
+
+    entry, _, preset = entry.partition("~")
     method, _, ckpt = entry.partition("@")
-    return method, ckpt or style
+    return method, ckpt or style, preset or RenderConfig.flow_preset
 
 
 def sintel(methods: list[str], style: str, width: int, device: str = "cpu") -> dict:
@@ -66,24 +70,28 @@ def sintel(methods: list[str], style: str, width: int, device: str = "cpu") -> d
     from pipeline.flow import make_flow_backend
     from pipeline.metrics import read_flo, warping_error
 
-    dis = make_flow_backend("dis", preset="medium")
     results = {m: {"warping_error": [], "style_loss": [], "content_loss": []} for m in methods}
     for seq in sorted(p for p in SINTEL.iterdir() if (p / "gt" / "frame_0002.flo").exists()):
         full = [np.asarray(Image.open(seq / f"frame_{i:04d}.png").convert("RGB")) for i in range(1, 5)]
         h, w = full[0].shape[:2]
         size = (width, round(width * h / w / 2) * 2)
         small = np.stack([cv2.resize(f, size, interpolation=cv2.INTER_AREA) for f in full])
-        flow = _PairSource(small, dis)
+        flows = {}  # DIS preset -> the pairs' flow
         gt = read_flo(seq / "gt" / "frame_0002.flo")
         occluded = np.asarray(Image.open(seq / "gt" / "occlusions" / "frame_0002.png").convert("L")) > 127
         invalid_path = seq / "gt" / "invalid" / "frame_0002.png"
         invalid = (np.asarray(Image.open(invalid_path).convert("L")) > 127) if invalid_path.exists() else False
         mask = (~occluded & ~invalid).astype(np.float32)
         for m in methods:
-            method, net = method_entry(m, style)
+            method, net, preset = method_entry(m, style)
             run = RunSettings(device=device, precision=defaults_for(device).precision)
             stylizer = make_method(method, resolve_style(net, method), run)
-            out, _ = stylizer.stylize(small, 0, None, flow=flow if stylizer.needs_flow else None)
+            flow = None
+            if stylizer.needs_flow:
+                if preset not in flows:
+                    flows[preset] = _PairSource(small, make_flow_backend("dis", preset=preset))
+                flow = flows[preset]
+            out, _ = stylizer.stylize(small, 0, None, flow=flow)
             big = [cv2.resize(o, (w, h), interpolation=cv2.INTER_CUBIC) for o in out]
             # frames 2 and 3 (indices 1, 2): GT flow 2 -> 3, mask on frame 2's pixels
             results[m]["warping_error"].append(warping_error(big[1:3], [gt], [mask])["mean"])
@@ -109,9 +117,10 @@ def real_clip(methods: list[str], style: str, width: int, clip: Path, frames: in
         tmp = Path(tmp)
         src = trimmed_copy(clip, frames, tmp / "clip.mp4") if frames else clip
         for i, m in enumerate(methods):
-            method, net = method_entry(m, style)
+            method, net, preset = method_entry(m, style)
             # a fresh render cache per method: the flow methods compute their flow, as a first render does
             cfg = RenderConfig(input=str(src), output=str(tmp / f"{i}.mp4"), style=net, method=method, width=width,
+                               flow_preset=preset,
                                out_width=out_width, cache_dir=str(tmp / f"cache-{i}"), keep_work=False, device=device)
             report = render(cfg, progress=False, log=lambda msg: None)
             chunk_starts = report.__dict__.get("chunk_starts") or []
@@ -153,7 +162,8 @@ def main() -> None:
     ap.add_argument("--style", default="starry_night")
     ap.add_argument("--methods", nargs="+", default=["per-frame", "flow-blend", "flow-recurrent"],
                     help="METHOD (the style's shipped net for it) or METHOD@CHECKPOINT (another net of that "
-                         "method: an ablation, a run in progress), judged against the style's painting")
+                         "method: an ablation, a run in progress), judged against the style's painting; "
+                         "~PRESET after either: the DIS preset of a flow method (default a render's)")
     ap.add_argument("--width", type=int, default=640)
     ap.add_argument("--out-width", type=int, default=None,
                     help="delivery width of the clips' renders (default: the working width, so fps is end to end "
