@@ -161,9 +161,9 @@ def compute_flows(source_info: "VideoInfo", plan: "RenderPlan", pairs: Sequence[
     stored pair. Returns {"pairs", "computed", "cached"}.
 
     Each pair's flows are computed here while a thread makes the mask of the pair before and stores
-    it: DIS medium keeps both cores of a 2-core machine busy for about 25 ms of a 640x360 pair (the
-    backward flow in its own thread), and the mask and the compressed entry took 11 ms more on one
-    core with the other idle (cockatoo clip; see the README's throughput benchmark for the stage).
+    it: the mask (8 ms a 640x360 pair on one core) and the packed, compressed entry (6 ms) ran
+    after DIS with the other core idle, 72 ms a pair in all with DIS medium; beside it, 40 ms
+    (cockatoo clip, 2 cores; the README's throughput benchmark times the stage in a render).
     """
     from concurrent.futures import ThreadPoolExecutor
 
