@@ -32,11 +32,11 @@ class TransformerConfig:
     # channel's per-image statistics (StyleGAN2 traced its "droplets" to the same cause),
     # at any content weight, learning rate, or identity warm start we tried; batch norm
     # washed colours out. Without normalization the same 150-step A/B came out clean.
-    norm: str = "none"
     # "instance-inner": instance norm at 1/2 and 1/4 resolution only; the two full-size layers
     # (the first 9x9 conv's output and the last upsample's) have none. For the flow-free student,
     # whose norms at full size are most of their cost (16-channel 640x360 maps): an A/B of
     # issue 13, see the README's table of students.
+    norm: str = "none"
     # Optionally the input also goes, beside the decoder's features, into the last 9x9 conv,
     # so colours and contrast need not survive the whole net (identity learned to 0.0025
     # pixel MSE in 150 steps, against 0.045 without). Off by default: with it the nets
@@ -158,10 +158,9 @@ class TransformerNet(nn.Module):
     def __init__(self, config: TransformerConfig = SIZES["full"]):
         super().__init__()
         self.config = config
-        c, n = config.base_channels, config.norm
-        full = "none" if n == "instance-inner" else n  # the norm of the full-size layers
-        if n == "instance-inner":
-            n = "instance"
+        c = config.base_channels
+        # n: the norm of the layers at 1/2 and 1/4 resolution; full: of the two at full size
+        n, full = ("instance", "none") if config.norm == "instance-inner" else (config.norm, config.norm)
         self.encoder = nn.Sequential(
             ConvNormReLU(config.in_channels, c, 9, 1, full),
             ConvNormReLU(c, 2 * c, 3, 2, n),

@@ -7,6 +7,7 @@ The header's version names the compressor (1: zlib, 2: zstd); both decode to the
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import math
 import struct
@@ -32,6 +33,7 @@ _SCALE = 32.0
 _ZLIB, _ZSTD = 1, 2
 
 
+@functools.lru_cache(maxsize=None)  # once per process: an entry is written per frame pair
 def _zstd():
     try:
         import zstandard
