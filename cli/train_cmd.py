@@ -33,6 +33,11 @@ def add_commands(sub) -> None:
     v.add_argument("--temporal-feature-weight", type=float, default=None,
                    help="feature-level temporal loss weight (default: off for recurrent, the output weight for "
                         "reconet)")
+    v.add_argument("--dark-fraction", type=float, default=None, metavar="P",
+                   help="share of the training pairs darkened to a night shot or a fade from black")
+    v.add_argument("--feedback-jitter", type=float, default=None, metavar="J",
+                   help="recurrent: jitter the fed-back output's contrast by 1+-J and its level by +-J/2 "
+                        "(the temporal loss still asks for the true one)")
     p.add_argument("--size", default="full", help="network size: full or student")
     p.add_argument("--norm", default=None, choices=["instance", "instance-inner", "frn", "none"],
                    help="normalization layers of the net (default: instance)")
@@ -165,7 +170,8 @@ def _train_video(args) -> int:
                            checkpoint_every_steps=args.checkpoint_every_steps, vgg=args.vgg,
                            device=resolve_device(args.device), temporal=args.temporal)
     for name in ("steps", "batch_size", "image_size", "style_size", "lr", "content_weight", "style_weight",
-                 "tv_weight", "tone_weight", "temporal_weight", "temporal_feature_weight", "grad_clip"):
+                 "tv_weight", "tone_weight", "temporal_weight", "temporal_feature_weight", "grad_clip",
+                 "dark_fraction", "feedback_jitter"):
         if getattr(args, name) is not None:
             setattr(cfg, name, getattr(args, name))
     path = train_video(cfg, restart=args.restart, progress=not args.quiet, log=lambda m: print(m, file=sys.stderr))

@@ -56,6 +56,8 @@ class VideoTrainConfig:
     # relative (divided by the features' energy, as every other loss here) so its weight is unit-free.
     temporal_feature_weight: float | None = None
     first_frame_fraction: float = 0.25  # samples trained as shot starts (zeros in the extra channels)
+    dark_fraction: float = 0.0  # pairs darkened to a night shot or a fade from black (video_data._darken)
+    feedback_jitter: float = 0.0  # recurrent: the fed-back output's level and contrast jittered (_jitter)
     mix: tuple[float, float] = (3, 1)  # synthetic : real-clip pairs
     pairs_per_clip: int = 16  # real pairs cached in memory per clip
     flow_preset: str = "medium"  # DIS preset for the real clips (the renderer's default)
@@ -105,6 +107,24 @@ def _resize_flow(flow: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
 def _quantize(img: torch.Tensor) -> torch.Tensor:
     """[0, 1] image rounded to uint8 levels, as the stylizer carries its previous output."""
     return torch.floor(img.float().clamp(0, 1) * 255.0 + 0.5) / 255.0
+
+
+def _jitter(img: torch.Tensor, amount: float, gen: torch.Generator) -> torch.Tensor:
+    """Each image's contrast scaled by 1 +- ``amount`` about its mean and its level moved by
+    +- ``amount`` / 2, drawn per sample.
+
+    The net gets the jittered previous output, the temporal loss still asks for the true one, so
+    the net learns to take the level from the frame and only the texture from what it fed back:
+    an error in the fed-back light then shrinks from frame to frame instead of swinging.
+    """
+    if not amount:
+        return img
+    n = img.shape[0]
+    contrast = 1.0 + amount * (2.0 * torch.rand(n, generator=gen) - 1.0)
+    shift = 0.5 * amount * (2.0 * torch.rand(n, generator=gen) - 1.0)
+    mean = img.mean(dim=(1, 2, 3), keepdim=True)
+    out = mean + contrast.to(img).view(-1, 1, 1, 1) * (img - mean) + shift.to(img).view(-1, 1, 1, 1)
+    return out.clamp(0, 1)
 
 
 def _load_init(cfg: VideoTrainConfig):
@@ -168,12 +188,15 @@ def train_video(cfg: VideoTrainConfig, *, restart: bool = False, progress: bool 
                           flow_preset=cfg.flow_preset, log=log)
     elif cfg.mix[1] > 0:
         log("no real clips found: training on synthetic motion only")
-    sampler = PairSampler(files, cfg.image_size, gen, clips=clips, mix=tuple(cfg.mix))
+    sampler = PairSampler(files, cfg.image_size, gen, clips=clips, mix=tuple(cfg.mix),
+                          dark_fraction=cfg.dark_fraction)
 
     style_hash = file_digest(style_path)
     identity = {"init": init_hash, "style": style_hash, "image_size": cfg.image_size,
                 "batch_size": cfg.batch_size, "seed": cfg.seed, "mix": list(cfg.mix),
                 "first_frame_fraction": cfg.first_frame_fraction,
+                **({"dark_fraction": cfg.dark_fraction} if cfg.dark_fraction else {}),
+                **({"feedback_jitter": cfg.feedback_jitter} if cfg.feedback_jitter else {}),
                 "videos": [p.name for p in videos], "pairs_per_clip": cfg.pairs_per_clip, "temporal": cfg.temporal}
     run = Run(out, net, opt, gen, identity, restart=restart, log=log,
               every_s=cfg.checkpoint_every_s, every_steps=cfg.checkpoint_every_steps,
@@ -240,7 +263,8 @@ def _recurrent_step(net, vgg, target, b, cfg, gen, device, use_bf16, loss_weight
     render time), then O_t = net([I_t, M * W(O_{t-1}), M]) with W the backward warp and M frame t's
     reliability; losses on O_t: perceptual, ReCoNet's luminance-compensated output temporal loss
     (and optionally the feature one). A fraction of the samples runs O_t in shot-start mode
-    (M = 0, no temporal loss) so the net keeps working at cuts."""
+    (M = 0, no temporal loss) so the net keeps working at cuts. With ``feedback_jitter`` the net is
+    fed a jittered W(O_{t-1}) while the temporal loss compares with the true one."""
     from pipeline.flow import warp_torch
 
     zeros = torch.zeros_like(b.mask)
@@ -252,7 +276,7 @@ def _recurrent_step(net, vgg, target, b, cfg, gen, device, use_bf16, loss_weight
     recurrent = (torch.rand(b.mask.shape[0], generator=gen) >= cfg.first_frame_fraction)
     mask = b.mask * recurrent.to(b.mask).view(-1, 1, 1, 1)
     with autocast(device, use_bf16):
-        x_cur = recurrent_input(b.cur, warped_prev, mask)
+        x_cur = recurrent_input(b.cur, _jitter(warped_prev, cfg.feedback_jitter, gen), mask)
         f_cur = net.encode(x_cur)
         raw = net.decode(f_cur, x_cur)
         y = straight_through_clamp(raw)

@@ -46,6 +46,11 @@ OBJECT_SIDE = (0.2, 0.45)  # pasted patch side, as a fraction of the crop
 MAX_OBJECT_STEP_PX = 6  # patch displacement per frame (whole pixels: no resampling)
 #: A real pair whose reliable fraction is below this is a cut or a flow failure: skipped.
 MIN_RELIABLE = 0.3
+#: Exposure of a darkened pair (``PairSampler(dark_fraction=...)``): a gain drawn log-uniformly
+#: from this range, 0.01 being a fade from black (the test video opens with 30 frames of mean
+#: level 0-5 of 255), and a fade between the two frames of up to this factor.
+DARK_GAIN = (0.01, 0.35)
+MAX_FADE = 1.3
 
 
 @dataclass
@@ -89,6 +94,22 @@ def _pair_tensors(prev, cur, backward, mask) -> tuple[torch.Tensor, ...]:
 
     scale = (lambda a: chw(a) / 255.0) if prev.dtype == np.uint8 else chw
     return scale(prev), scale(cur), chw(backward), chw(mask)
+
+
+def _darken(g: torch.Generator, prev: torch.Tensor, cur: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The pair as a dark shot or a fade from black, rounded to 8-bit levels as a decoder gives it.
+
+    Photos and clips are lit; a film's night scenes and fades are not, and there instance norm
+    sees a frame of little contrast, so what a recurrent net feeds back weighs most in its
+    statistics (the first flow-recurrent net with instance norm swung its light on such frames).
+    """
+    gain = math.exp(_uniform(g, math.log(DARK_GAIN[0]), math.log(DARK_GAIN[1])))
+    fade = _uniform(g, 1.0, MAX_FADE)
+
+    def expose(x: torch.Tensor, k: float) -> torch.Tensor:
+        return torch.floor((x * k).clamp(0, 1) * 255.0 + 0.5) / 255.0
+
+    return expose(prev, gain), expose(cur, gain * fade)
 
 
 def _hflip(prev, cur, backward, mask):
@@ -321,17 +342,21 @@ class PairSampler:
     """Batches of pairs, each sample synthetic or real with probability set by ``mix``.
 
     ``mix`` is (synthetic, video) weights; Ruder et al. mix shift:1, zoom_out:1,
-    video:3. Without real clips every sample is synthetic.
+    video:3. Without real clips every sample is synthetic. A fraction ``dark_fraction`` of the
+    pairs, of either source, is darkened (``_darken``).
     """
 
     def __init__(self, files: list[Path], size: int, generator: torch.Generator, *,
-                 clips: ClipPairs | None = None, mix: tuple[float, float] = (3, 1)):
+                 clips: ClipPairs | None = None, mix: tuple[float, float] = (3, 1), dark_fraction: float = 0.0):
         if min(mix) < 0 or sum(mix) <= 0:
             raise InputError(f"data mix {mix} needs non-negative weights, not all zero")
         self.synthetic = SyntheticPairs(files, size) if mix[0] > 0 else None
         self.clips = clips if clips is not None and len(clips) and mix[1] > 0 else None
         if self.synthetic is None and self.clips is None:
             raise InputError("the data mix asks for real clips only, but no video pairs are available")
+        if not 0.0 <= dark_fraction <= 1.0:
+            raise InputError(f"dark_fraction must be in [0, 1], not {dark_fraction}")
+        self.dark_fraction = dark_fraction
         self.p_synthetic = 1.0 if self.clips is None else (0.0 if self.synthetic is None else mix[0] / sum(mix))
         self.size, self.g = size, generator
 
@@ -340,7 +365,10 @@ class PairSampler:
         pair = source.sample(self.g)
         if _uniform(self.g) < 0.5:
             pair = _hflip(*pair)
-        return _pair_tensors(*pair)
+        prev, cur, backward, mask = _pair_tensors(*pair)
+        if self.dark_fraction and _uniform(self.g) < self.dark_fraction:
+            prev, cur = _darken(self.g, prev, cur)
+        return prev, cur, backward, mask
 
     def sample(self, batch: int) -> PairBatch:
         parts = list(zip(*(self.sample_one() for _ in range(batch))))

@@ -101,6 +101,47 @@ def test_sampler_is_deterministic_in_its_generator(data):
     assert all(torch.equal(x, y) for x, y in zip(vars(a).values(), vars(b).values()))
 
 
+def test_dark_pairs_are_dim_8bit_and_keep_their_motion(data):
+    """A darkened pair keeps its flow and mask, is as dim as the gain range says (a fade allowed
+    between its frames), and lies on 8-bit levels as a decoded dark frame does."""
+    _, photos, _, _ = data
+    from models.data import list_images
+    from models.video_data import DARK_GAIN, MAX_FADE
+
+    files = list_images(photos)
+    lit = PairSampler(files, 32, torch.Generator().manual_seed(5), mix=(1, 0)).sample_one()
+    dark = PairSampler(files, 32, torch.Generator().manual_seed(5), mix=(1, 0), dark_fraction=1.0).sample_one()
+    assert torch.equal(lit[2], dark[2]) and torch.equal(lit[3], dark[3])
+    for a, b in zip(lit[:2], dark[:2]):
+        assert float(b.max()) <= DARK_GAIN[1] * MAX_FADE + 1 / 255
+        assert float(b.mean()) < 0.5 * float(a.mean())
+        assert torch.equal(b * 255, torch.round(b * 255))
+    means = [float(PairSampler(files, 32, torch.Generator().manual_seed(s), mix=(1, 0),
+                               dark_fraction=0.5).sample_one()[1].mean()) for s in range(12)]
+    lit_means = [float(PairSampler(files, 32, torch.Generator().manual_seed(s), mix=(1, 0)).sample_one()[1].mean())
+                 for s in range(12)]
+    darkened = sum(m < 0.5 * l for m, l in zip(means, lit_means))
+    assert 2 <= darkened <= 10, darkened
+    with pytest.raises(InputError, match="dark_fraction"):
+        PairSampler(files, 32, torch.Generator(), mix=(1, 0), dark_fraction=1.5)
+
+
+def test_feedback_jitter_moves_level_and_contrast_only():
+    from models.train_video import _jitter
+
+    torch.manual_seed(0)
+    img = torch.rand(6, 3, 16, 16) * 0.5 + 0.25
+    assert torch.equal(_jitter(img, 0.0, torch.Generator()), img)
+    out = _jitter(img, 0.3, torch.Generator().manual_seed(1))
+    assert out.shape == img.shape and float(out.min()) >= 0 and float(out.max()) <= 1
+    assert torch.equal(out, _jitter(img, 0.3, torch.Generator().manual_seed(1)))
+    dmean = (out.mean(dim=(1, 2, 3)) - img.mean(dim=(1, 2, 3))).abs()
+    assert float(dmean.max()) <= 0.15 + 1e-6 and float(dmean.max()) > 0.01
+    # the texture is kept: per image, output and input are an affine map of each other
+    for a, b in zip(img, out):
+        assert float(torch.corrcoef(torch.stack([a.flatten(), b.flatten()]))[0, 1]) > 0.999
+
+
 def test_clip_pairs_have_dis_flow_and_mask(data):
     _, photos, _, clips = data
     from models.data import list_images
