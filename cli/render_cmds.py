@@ -35,6 +35,9 @@ def add_render_options(p: argparse.ArgumentParser, *, method_default: str, metho
     p.add_argument("--style-scale", type=float, default=d.style_scale, metavar="S",
                    help="stroke size: the network runs at width/S and its output is resized back, so "
                         "strokes grow with S; the frame size is kept (default: 1)")
+    p.add_argument("--exposure", default=d.exposure, choices=["follow", "net"],
+                   help="follow: each frame keeps its source's exposure (night stays dark, a fade from black "
+                        "stays black); net: the level the net paints every frame at (default: follow)")
     p.add_argument("--out-width", type=positive_int, default=None, metavar="W",
                    help="delivery width (default: the source's display width)")
     p.add_argument("--upscaler", default=d.upscaler, choices=sorted(UPSCALERS), help="working -> delivery resize")

@@ -30,6 +30,7 @@ class RenderConfig:
     options: dict = field(default_factory=dict)  # the method's options (methods.base.Option); defaults omitted
     width: int = 640  # working width: the net runs at this size
     style_scale: float = 1.0  # stroke size: the net runs at width / style_scale, resized back (NetRunner)
+    exposure: str = "follow"  # follow: the source's exposure on the output (pipeline.exposure); net: the net's level
     out_width: int | None = None  # delivery width; None keeps the source's display width
     chunk_frames: int = 48
     upscaler: str = "lanczos"

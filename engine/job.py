@@ -199,7 +199,8 @@ def plan_job(cfg: RenderConfig, source: Source, shots, *, style_path: str | os.P
             method = make_method(cfg.method, style_path, run_settings(cfg, device="cpu"), cfg.options)
         params, card = dict(method.params()), dict(method.card or {})
         needs_flow, chained = bool(method.needs_flow), bool(method.carries_state)
-        module = type(method).__module__ if METHODS.get(cfg.method) is type(method) else None
+        cls = type(getattr(method, "inner", method))  # methods.base.FollowExposure wraps the method
+        module = cls.__module__ if METHODS.get(cfg.method) is cls else None
         key = work_key(source, params, needs_flow, cfg, out_size)
         style_uri, style_hash = os.path.abspath(style_path), media.content_hash(style_path, cache_dir=cfg.cache_dir)
     else:
@@ -235,7 +236,7 @@ def run_settings(cfg: RenderConfig, device: str | None = None):
     from methods import RunSettings
 
     return RunSettings(device=device or cfg.device, precision=cfg.precision or "fp32", batch=cfg.batch or 1,
-                       style_scale=cfg.style_scale)
+                       style_scale=cfg.style_scale, exposure=cfg.exposure)
 
 
 def node_source(job: RenderJob, cache_dir: str | None = None) -> Source:

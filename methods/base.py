@@ -82,6 +82,7 @@ class RunSettings:
     precision: str = "fp32"
     batch: int = 1
     style_scale: float = 1.0
+    exposure: str = "follow"  # pipeline.exposure: follow the source's exposure, or "net": the net's own level
 
 
 class Method(ABC):
@@ -202,8 +203,36 @@ def validate_options(method: str, options: dict | None, *, module: str | None = 
 def make_method(name: str, style_path: str | Path, run: RunSettings | None = None, options: dict | None = None,
                 *, module: str | None = None) -> Method:
     """Build method ``name`` for the style at ``style_path`` (see ``resolve_style``)."""
+    from pipeline.exposure import EXPOSURES
+
     cls = method_class(name, module)
-    return cls(style_path, run or RunSettings(), **validate_options(name, options, module=module))
+    run = run or RunSettings()
+    if run.exposure not in EXPOSURES:
+        raise InputError(f"unknown exposure {run.exposure!r} (choose {' or '.join(EXPOSURES)})")
+    method = cls(style_path, run, **validate_options(name, options, module=module))
+    blind = getattr(method, "exposure_blind", False)
+    return FollowExposure(method) if run.exposure == "follow" and blind else method
+
+
+class FollowExposure:
+    """A method whose net cannot see exposure (``exposure_blind``), its frames given their source's
+    (pipeline.exposure) outside the method: what a flow method carries to the next frame (its net's
+    own output) is left as it is. Everything else is the wrapped method's (``inner``)."""
+
+    def __init__(self, inner: Method):
+        self.inner = inner
+
+    def __getattr__(self, name: str):
+        return getattr(self.inner, name)
+
+    def params(self) -> dict:
+        return {**self.inner.params(), "exposure": "follow"}
+
+    def stylize(self, frames, first_index, state, flow=None):
+        from pipeline.exposure import follow_exposure
+
+        out, state = self.inner.stylize(frames, first_index, state, flow=flow)
+        return follow_exposure(out, frames), state
 
 
 def resolve_style(name_or_path: str, method: str = "per-frame", *, module: str | None = None) -> Path:

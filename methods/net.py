@@ -166,6 +166,15 @@ class NetMethod(Method):
     def card(self) -> dict:
         return self.run.card
 
+    @property
+    def exposure_blind(self) -> bool:
+        """Whether the net paints every exposure at one level (pipeline.exposure): a net that
+        normalises its first layer per frame (instance norm) cannot see how bright the frame is.
+        The nets without normalisation (the students, the first flow-recurrent nets) follow the
+        exposure in part by themselves (starry_night's student: output luminance 0.46 -> 0.18 as
+        the input goes 0.56 -> 0.02) and are left as they paint."""
+        return self.run.net.config.norm == "instance"
+
     def option_params(self) -> dict:
         return {}
 
