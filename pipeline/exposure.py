@@ -16,6 +16,7 @@ the black frames 0.002 -> 0.001, Big Buck Bunny (0.47) 0.39 -> 0.43.
 """
 from __future__ import annotations
 
+import cv2
 import numpy as np
 
 #: Mean Rec. 709 luminance (of the 0-1 coded values) of the 300 BSDS500 train+val photos the nets
@@ -28,8 +29,15 @@ EXPOSURES = ("follow", "net")  # follow the source's exposure, or keep the net's
 def mean_luma(frames: np.ndarray) -> np.ndarray:
     """(N, H, W, 3) integer frames -> (N,) mean luminance of the coded values, in [0, 1]."""
     scale = 65535.0 if frames.dtype == np.uint16 else 255.0
-    means = frames.reshape(len(frames), -1, 3).mean(axis=1, dtype=np.float64)
+    means = np.array([cv2.mean(f)[:3] for f in frames], np.float64).reshape(-1, 3)
     return (means @ REC709.astype(np.float64)) / scale
+
+
+def _curve(m: float, typical: float, top: float, values: np.ndarray) -> np.ndarray:
+    """The output values ``values`` take for a source of mean luminance ``m`` (see ``follow_exposure``)."""
+    if m <= typical:
+        return values * (m / typical)
+    return top - (top - values) * ((1.0 - m) / (1.0 - typical))
 
 
 def follow_exposure(out: np.ndarray, src: np.ndarray, typical: float = TYPICAL_LUMA) -> np.ndarray:
@@ -41,10 +49,10 @@ def follow_exposure(out: np.ndarray, src: np.ndarray, typical: float = TYPICAL_L
     top = 65535.0 if out.dtype == np.uint16 else 255.0
     result = np.empty_like(out)
     for i, m in enumerate(mean_luma(src)):
-        y = out[i].astype(np.float32)
-        if m <= typical:
-            y *= m / typical
+        if out.dtype == np.uint8:  # a table of 256 values, not float arithmetic per pixel
+            lut = np.clip(_curve(m, typical, top, np.arange(256, dtype=np.float64)) + 0.5, 0, top).astype(np.uint8)
+            result[i] = cv2.LUT(out[i], lut)
         else:
-            y = top - (top - y) * ((1.0 - m) / (1.0 - typical))
-        result[i] = np.clip(y + 0.5, 0, top).astype(out.dtype)
+            y = _curve(m, typical, top, out[i].astype(np.float32))
+            result[i] = np.clip(y + 0.5, 0, top).astype(out.dtype)
     return result
