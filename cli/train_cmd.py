@@ -29,21 +29,23 @@ def add_commands(sub) -> None:
     v.add_argument("--temporal", choices=["recurrent", "reconet"], default="recurrent",
                    help="recurrent: a flow-recurrent net (method flow-recurrent, flow at render time); reconet: "
                         "ReCoNet two-frame training of a one-frame net (method stable, no flow at render time)")
-    v.add_argument("--temporal-weight", type=float, default=None, help="output-level temporal loss weight")
+    v.add_argument("--temporal-weight", type=float, default=None,
+                   help="output-level temporal loss weight (default: 20)")
     v.add_argument("--temporal-feature-weight", type=float, default=None,
                    help="feature-level temporal loss weight (default: off for recurrent, the output weight for "
                         "reconet)")
     v.add_argument("--dark-fraction", type=float, default=None, metavar="P",
-                   help="share of the training pairs darkened to a night shot or a fade from black")
+                   help="share of the training pairs darkened to a night shot or a fade from black (default: 0.2 "
+                        "recurrent, 0 reconet)")
     v.add_argument("--feedback-jitter", type=float, default=None, metavar="J",
                    help="recurrent: jitter the fed-back output's contrast by 1+-J and its level by +-J/2 "
-                        "(the temporal loss still asks for the true one)")
+                        "(the temporal loss still asks for the true one; default: 0.3)")
     p.add_argument("--size", default="full", help="network size: full or student")
     p.add_argument("--norm", default=None, choices=["instance", "instance-inner", "frn", "none"],
                    help="normalization layers of the net (default: instance)")
-    p.add_argument("--steps", type=positive_int, default=None, help="training steps (default: 1600)")
-    p.add_argument("--batch-size", type=positive_int, default=None, help="default: 8")
-    p.add_argument("--image-size", type=positive_int, default=None, help="training crop size (default: 256)")
+    p.add_argument("--steps", type=positive_int, default=None, help="training steps (default: 1600, video phase 500)")
+    p.add_argument("--batch-size", type=positive_int, default=None, help="default: 8, video phase 4")
+    p.add_argument("--image-size", type=positive_int, default=None, help="training crop size (default: 256, video phase 192)")
     p.add_argument("--style-size", type=positive_int, default=None,
                    help="long side of the style image: strokes come out at its pixel scale (default: 512)")
     p.add_argument("--lr", type=float, default=None, help="Adam learning rate (default: 1e-3, video phase 2e-4)")

@@ -29,11 +29,12 @@ from .video_data import DEFAULT_VIDEOS, ClipPairs, PairSampler, list_videos
 
 #: Output temporal weight, with content weight 1, in our relative units. Ruder et al.'s
 #: conversion gives 2e3-1.6e4 (pixel MSE 50 on 0-255 against content 1 on raw relu3_3), but
-#: that freezes a strongly styling net: starry_night, 400 steps at 128 px from its image net,
-#: then the first 48 cockatoo frames at 480 px (Farneback warping error / style loss against
-#: per-frame): weight 2e3 -> 0.03x / +203% (a near-still image), 200 -> 0.15x / +62%,
-#: 50 -> 0.28x / +2%. Targets: at most 0.5x and +15%.
-DEFAULT_TEMPORAL_WEIGHT = 50.0
+#: that freezes a strongly styling net: the first starry_night (no normalisation), 400 steps at
+#: 128 px from its image net, then the first 48 cockatoo frames at 480 px (Farneback warping error /
+#: style loss against per-frame): weight 2e3 -> 0.03x / +203% (a near-still image), 200 -> 0.15x /
+#: +62%, 50 -> 0.28x / +2%. The instance-norm nets take 20 (500 steps at 192 px, batch 4: the
+#: stable nets' recipe and the flow-recurrent A/B of 2026-12-07, README "Temporal consistency").
+DEFAULT_TEMPORAL_WEIGHT = 20.0
 TEMPORAL_MODES = ("recurrent", "reconet")
 
 
@@ -46,9 +47,9 @@ class VideoTrainConfig:
     videos: tuple[str, ...] | list[str] | str | None = None  # clip folders; None: ../shared/data/videos if present
     style: str | None = None  # None: the style image named in the init card
     style_size: int | None = None  # None: the init card's
-    image_size: int = 256
+    image_size: int = 192
     batch_size: int = 4
-    steps: int = 2000
+    steps: int = 500
     lr: float = 2e-4  # fine-tuning: below the image phase's 1e-3
     grad_clip: float = 0.0
     temporal_weight: float = DEFAULT_TEMPORAL_WEIGHT  # output-level (ReCoNet, luminance-compensated)
@@ -56,8 +57,10 @@ class VideoTrainConfig:
     # relative (divided by the features' energy, as every other loss here) so its weight is unit-free.
     temporal_feature_weight: float | None = None
     first_frame_fraction: float = 0.25  # samples trained as shot starts (zeros in the extra channels)
-    dark_fraction: float = 0.0  # pairs darkened to a night shot or a fade from black (video_data._darken)
-    feedback_jitter: float = 0.0  # recurrent: the fed-back output's level and contrast jittered (_jitter)
+    # Recurrent A/B (starry_night, 500 steps, weight 20; Sintel warping error / style loss against
+    # per-frame): neither 0.42x / +37%, both 0.47x / +20% (the net copies less of what it fed back)
+    dark_fraction: float | None = None  # darkened pairs (video_data._darken); None: 0.2 recurrent, 0 reconet
+    feedback_jitter: float = 0.3  # recurrent: the fed-back output's level and contrast jittered (_jitter)
     mix: tuple[float, float] = (3, 1)  # synthetic : real-clip pairs
     pairs_per_clip: int = 16  # real pairs cached in memory per clip
     flow_preset: str = "medium"  # DIS preset for the real clips (the renderer's default)
@@ -188,15 +191,15 @@ def train_video(cfg: VideoTrainConfig, *, restart: bool = False, progress: bool 
                           flow_preset=cfg.flow_preset, log=log)
     elif cfg.mix[1] > 0:
         log("no real clips found: training on synthetic motion only")
-    sampler = PairSampler(files, cfg.image_size, gen, clips=clips, mix=tuple(cfg.mix),
-                          dark_fraction=cfg.dark_fraction)
+    dark = cfg.dark_fraction if cfg.dark_fraction is not None else 0.2 if cfg.temporal == "recurrent" else 0.0
+    sampler = PairSampler(files, cfg.image_size, gen, clips=clips, mix=tuple(cfg.mix), dark_fraction=dark)
 
     style_hash = file_digest(style_path)
     identity = {"init": init_hash, "style": style_hash, "image_size": cfg.image_size,
                 "batch_size": cfg.batch_size, "seed": cfg.seed, "mix": list(cfg.mix),
                 "first_frame_fraction": cfg.first_frame_fraction,
-                **({"dark_fraction": cfg.dark_fraction} if cfg.dark_fraction else {}),
-                **({"feedback_jitter": cfg.feedback_jitter} if cfg.feedback_jitter else {}),
+                **({"dark_fraction": dark} if dark else {}),
+                **({"feedback_jitter": cfg.feedback_jitter} if cfg.feedback_jitter and cfg.temporal == "recurrent" else {}),
                 "videos": [p.name for p in videos], "pairs_per_clip": cfg.pairs_per_clip, "temporal": cfg.temporal}
     run = Run(out, net, opt, gen, identity, restart=restart, log=log,
               every_s=cfg.checkpoint_every_s, every_steps=cfg.checkpoint_every_steps,
@@ -239,7 +242,8 @@ def train_video(cfg: VideoTrainConfig, *, restart: bool = False, progress: bool 
             "feature: mean over C*H*W and batch" + (", divided by the features' mean energy"
                                                     if cfg.temporal == "reconet" else ""))),
         # Resolved settings, so this checkpoint can itself be the init of a further run.
-        "config": portable_config(dict(cfg.card_fields(), data=data, style=style_path, style_size=style_size)),
+        "config": portable_config(dict(cfg.card_fields(), data=data, style=style_path, style_size=style_size,
+                                       dark_fraction=dark)),
         "trained_at": now_utc(),
     }
     return save_style_model(out, net, card)
