@@ -223,6 +223,8 @@ class FollowExposure:
         self.inner = inner
 
     def __getattr__(self, name: str):
+        if name == "inner":  # not set yet (a copy being unpickled): no endless lookup
+            raise AttributeError(name)
         return getattr(self.inner, name)
 
     def params(self) -> dict:
