@@ -18,6 +18,8 @@ def add_render_options(p: argparse.ArgumentParser, *, method_default: str, metho
     import models.upscalers  # noqa: F401  (registers the learned upscalers)
     from pipeline.upscale import UPSCALERS
 
+    from pipeline.exposure import EXPOSURES
+
     d = RenderConfig("", "")
     if io:
         p.add_argument("input", metavar="IN", help="input video file or s3:// URI")
@@ -35,7 +37,7 @@ def add_render_options(p: argparse.ArgumentParser, *, method_default: str, metho
     p.add_argument("--style-scale", type=float, default=d.style_scale, metavar="S",
                    help="stroke size: the network runs at width/S and its output is resized back, so "
                         "strokes grow with S; the frame size is kept (default: 1)")
-    p.add_argument("--exposure", default=d.exposure, choices=["follow", "net"],
+    p.add_argument("--exposure", default=d.exposure, choices=list(EXPOSURES),
                    help="follow: each frame keeps its source's exposure (night stays dark, a fade from black "
                         "stays black); net: the level the net paints every frame at (default: follow)")
     p.add_argument("--out-width", type=positive_int, default=None, metavar="W",
