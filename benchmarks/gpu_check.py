@@ -24,7 +24,8 @@ It prints what would travel.
    ``--vgg`` names the trunk (the time per step does not depend on either);
 3. the end-to-end render of the clip (``engine.local.render``, per-frame, the shipped style) at
    1280x720 and 1920x1080, with its stage timings, where PyAV and an ffmpeg binary are present;
-   otherwise the reason it was skipped.
+   otherwise the reason it was skipped; the report names the segment encoder (NVENC where it runs);
+4. the encoders: x264 and NVENC on the same 240 frames at 1920x1080 (fps, bytes, PSNR).
 Results: ``OUT/gpu_check.json`` and a log.
 """
 from __future__ import annotations
@@ -257,10 +258,42 @@ def check_render(device: str, clip: Path, work: Path, widths: tuple, logfile: Pa
         report = render(cfg, progress=False, log=lambda m: None)
         fps = report.frames / report.wall_seconds
         out[str(width)] = {"frames": report.frames, "wall_s": report.wall_seconds, "fps": fps,
-                           "precision": report.precision, "stages": report.stage_seconds,
+                           "precision": report.precision, "encoder": report.encoder, "stages": report.stage_seconds,
                            "bytes": target.stat().st_size}
         log(f"render at width {width}: {report.frames} frames in {report.wall_seconds:.1f} s ({fps:.1f} fps); "
             f"stages {json.dumps({k: round(v, 2) for k, v in report.stage_seconds.items()})}", logfile)
+    return out
+
+
+def check_encoders(clip: Path, work: Path, frames: int, size: tuple[int, int], logfile: Path) -> dict:
+    """x264 (the software default, all cores) against NVENC on the same frames at the same CRF
+    number: frames per second of the encode alone, bytes, and PSNR of the decoded result against
+    the frames that went in; NVENC's row says why not where it does not run."""
+    import numpy as np
+
+    from pipeline import media
+    from pipeline.delivery import Delivery
+    from pipeline.hw_encode import nvenc_status
+
+    work.mkdir(parents=True, exist_ok=True)
+    info = media.probe(str(clip))
+    src = np.stack(list(media.decode_frames(info, 0, min(frames, info.frame_count), size)))
+    out = {"frames": len(src), "size": f"{size[0]}x{size[1]}"}
+    for name in ("software", "nvenc"):
+        if name == "nvenc" and not (status := nvenc_status("h264"))[0]:
+            out[name] = {"skipped": status[1]}
+            continue
+        target = work / f"{name}.mp4"
+        t = time.perf_counter()
+        with media.SegmentWriter(target, info.fps, size, delivery=Delivery(encoder=name)) as w:
+            for frame in src:
+                w.write(frame)
+        seconds = time.perf_counter() - t
+        back = np.stack(list(media.decode_frames(str(target), 0, len(src)))).astype(np.float64)
+        mse = float(np.mean((back - src) ** 2))
+        out[name] = {"fps": len(src) / seconds, "bytes": target.stat().st_size,
+                     "psnr_db": float(10 * np.log10(255 ** 2 / max(mse, 1e-12)))}
+        log(f"encode {name}: {json.dumps(out[name])}", logfile)
     return out
 
 
@@ -303,6 +336,9 @@ def run(args) -> int:
         ("render", lambda: ({"skipped": why} if (why := render_ready()) else
                             check_render(device, pack_dir / CLIP, work / "render", (128,) if quick else (1280, 1920),
                                          logfile))),
+        ("encode", lambda: ({"skipped": why} if (why := render_ready()) else
+                            check_encoders(pack_dir / CLIP, work / "encode", 24 if quick else 240,
+                                           (128, 72) if quick else (1920, 1080), logfile))),
     ]
     status = 0
     for name, phase in phases:
@@ -344,10 +380,18 @@ def table(path: Path) -> None:
     for width, row in r.get("render", {}).items():
         if isinstance(row, dict):
             stages = ", ".join(f"{k} {v:.2f} s" for k, v in row["stages"].items())
-            print(f"render at width {width}: {row['fps']:.1f} fps ({row['frames']} frames, {row['wall_s']:.1f} s; "
-                  f"{stages})")
+            print(f"render at width {width}: {row['fps']:.1f} fps ({row['frames']} frames, {row['wall_s']:.1f} s, "
+                  f"{row.get('encoder', '?')}; {stages})")
         else:
             print(f"render: {width}: {row}")
+    enc = r.get("encode", {})
+    for name in ("software", "nvenc"):
+        row = enc.get(name)
+        if isinstance(row, dict) and "fps" in row:
+            print(f"encode {name} ({enc['frames']} frames at {enc['size']}): {row['fps']:.1f} fps, "
+                  f"{row['bytes'] / 2**20:.1f} MiB, PSNR {row['psnr_db']:.2f} dB")
+        elif row:
+            print(f"encode {name}: {row}")
 
 
 def main() -> int:

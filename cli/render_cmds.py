@@ -19,6 +19,7 @@ def add_render_options(p: argparse.ArgumentParser, *, method_default: str, metho
     from pipeline.upscale import UPSCALERS
 
     from pipeline.exposure import EXPOSURES
+    from pipeline.hw_encode import ENCODERS
 
     d = RenderConfig("", "")
     if io:
@@ -58,6 +59,10 @@ def add_render_options(p: argparse.ArgumentParser, *, method_default: str, metho
     p.add_argument("--crf", type=int, default=d.crf,
                    help=f"h264/h265 quality, lower is better (default: {d.crf})")
     p.add_argument("--preset", default=d.preset, help=f"h264/h265 preset (default: {d.preset})")
+    p.add_argument("--encoder", default=d.encoder, choices=list(ENCODERS),
+                   help="h264/h265 encoder: nvenc (the GPU's encoder, --crf as its constant quality), software "
+                        "(x264/x265), or auto: nvenc when the render runs on CUDA and NVENC works, else "
+                        "software (default: auto)")
     add_device_option(p)
     p.add_argument("--precision", default=None, choices=list(PRECISIONS),
                    help="network arithmetic (default: fp32 on a CPU, where bf16 is faster only with AVX-512 "

@@ -36,6 +36,7 @@ class RenderConfig:
     upscaler: str = "lanczos"
     crf: int = 18
     preset: str = "medium"
+    encoder: str = "auto"  # auto | software | nvenc (pipeline.hw_encode), resolved with the device
     codec: str = "h264"  # pipeline.delivery: h264 h265 prores ffv1, or png tiff exr (a folder of images)
     bit_depth: int | None = None  # None: the codec's default
     color: str = "source"  # source (the film's own tags), bt709 or bt2020 (converted)
@@ -67,7 +68,7 @@ class RenderConfig:
     def delivery(self) -> Delivery:
         """What the render writes (one clear error for a codec, depth or colour it cannot)."""
         return Delivery(codec=self.codec, bit_depth=self.bit_depth, color=self.color, crf=self.crf,
-                        preset=self.preset)
+                        preset=self.preset, encoder="software" if self.encoder == "auto" else self.encoder)
 
     def shot_params(self) -> ShotParams:
         return ShotParams(detector=self.detector, threshold=self.threshold, min_shot_frames=self.min_shot_frames)

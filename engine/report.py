@@ -38,6 +38,7 @@ class RenderReport:
     options: dict = field(default_factory=dict)  # the method's options, defaults filled in
     device: str = ""
     precision: str = ""
+    encoder: str = ""  # the segments' video encoder (libx264, h264_nvenc, ...)
     shot_starts: list = field(default_factory=list)  # first frame of each shot (for `filmstyle eval`)
     chunk_starts: list = field(default_factory=list)  # first frame of each chunk (seams)
     chunk_nodes: dict = field(default_factory=dict)  # chunk id -> node that rendered it
@@ -62,7 +63,7 @@ def make_report(job: RenderJob, *, resumed: int, flow: dict, stage_seconds: dict
     return RenderReport(
         input=cfg.input, output=cfg.output, style=cfg.style, method=cfg.method, frames=plan.frame_count,
         options=validate_options(cfg.method, cfg.options, module=job.method_module), device=cfg.device,
-        precision=cfg.precision or "",
+        precision=cfg.precision or "", encoder=cfg.delivery().segment_encoder()[0],
         fps=str(plan.fps), duration_s=round(float(Fraction(plan.frame_count) / plan.fps), 3),
         working_size=plan.working_size, delivery_size=job.out_size, shots=len(plan.shots), chunks=len(plan.chunks),
         chunks_resumed=resumed, flow=flow, stage_seconds={k: round(v, 3) for k, v in stage_seconds.items()},
@@ -91,7 +92,8 @@ def summary_rows(rep: RenderReport, report_uri: str | None = None) -> list[tuple
                       f"{resumed}) in {rep.wall_seconds:.1f}s"),
             ("style", f"{rep.style}, {rep.method} on {rep.device or 'cpu'}; working "
                       f"{rep.working_size[0]}x{rep.working_size[1]}, delivery "
-                      f"{rep.delivery_size[0]}x{rep.delivery_size[1]}"),
+                      f"{rep.delivery_size[0]}x{rep.delivery_size[1]}"
+                      + (f", {rep.encoder}" if rep.encoder else "")),
             ("stages", stages)]
     if rep.flow:
         f = rep.flow

@@ -20,6 +20,7 @@ from typing import Callable
 
 from pipeline import media
 from pipeline.device import check_device, check_precision, defaults_for
+from pipeline.hw_encode import resolve_encoder
 from pipeline.errors import InputError
 from pipeline.plan import Chunk
 from pipeline.storage import is_remote, open_object, split_uri
@@ -90,6 +91,7 @@ def check(cfg: RenderConfig, *, output: bool = True, style: bool = True) -> Path
     from methods import make_method, resolve_style, validate_options
 
     check_device(cfg.device)
+    resolve_encoder(cfg.encoder, cfg.codec, cfg.delivery().depth, cfg.device)  # nvenc: does it run here?
     if cfg.precision is not None:
         check_precision(cfg.precision, "cuda")  # the form; the device is checked once resolved
     s3 = cfg.s3_config()
@@ -120,10 +122,12 @@ def shots(cfg: RenderConfig, source: Source):
 
 
 def resolve_config(cfg: RenderConfig, device: str) -> RenderConfig:
-    """``cfg`` with the device resolved and the device's precision and batch where none is given."""
+    """``cfg`` with the device resolved, the device's precision and batch where none is given, and
+    the segment encoder (NVENC on CUDA where it runs, the head's check standing for its workers')."""
     d = defaults_for(device)
     return dataclasses.replace(cfg, device=device, precision=check_precision(cfg.precision or d.precision, device),
-                               batch=cfg.batch or d.batch)
+                               batch=cfg.batch or d.batch,
+                               encoder=resolve_encoder(cfg.encoder, cfg.codec, cfg.delivery().depth, device))
 
 
 def chains_of(job: RenderJob, chunks: list[Chunk]) -> list[list[Chunk]]:

@@ -26,6 +26,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from .errors import InputError
+from .hw_encode import NVENC, NVENC_PIX_FMT, nvenc_options
 
 SEQUENCE_MANIFEST = "filmstyle-sequence.json"  # in an image-sequence folder; marks it as filmstyle's
 CODEC_NAMES = ("h264", "h265", "prores", "ffv1", "png", "tiff", "exr")
@@ -104,6 +105,7 @@ class Delivery:
     color: str = "source"
     crf: int = 18  # h264/h265 quality
     preset: str = "medium"  # h264/h265 speed
+    encoder: str = "software"  # software (x264/x265) or nvenc: resolved by pipeline.hw_encode
 
     def __post_init__(self):
         if self.codec not in CODECS:
@@ -113,6 +115,10 @@ class Delivery:
         if self.bit_depth is not None and self.bit_depth not in self.spec.pix_fmts:
             raise InputError(f"--codec {self.codec} takes --bit-depth "
                              f"{' or '.join(str(d) for d in self.spec.pix_fmts)}, not {self.bit_depth}")
+        if self.encoder not in ("software", "nvenc"):
+            raise InputError(f"unknown segment encoder {self.encoder!r} (software or nvenc)")
+        if self.encoder == "nvenc" and self.depth not in NVENC.get(self.codec, ("", ()))[1]:
+            raise InputError(f"NVENC encodes h264 (8-bit) and h265 (8- or 10-bit), not {self.codec} at {self.depth} bits")
 
     @property
     def spec(self) -> Codec:
@@ -152,12 +158,17 @@ class Delivery:
 
     @property
     def segment_pix_fmt(self) -> str:
+        if self.encoder == "nvenc":
+            return NVENC_PIX_FMT[self.depth]
         return SEQUENCE_SEGMENT[self.depth] if self.sequence else self.pix_fmt
 
     def segment_encoder(self) -> tuple[str, dict]:
         """The segment encoder and its options (segments concatenate by stream copy)."""
         if self.sequence:
             return "ffv1", {"level": 3, "g": 1}
+        if self.encoder == "nvenc":
+            tag = {"tag:v": self.spec.options["tag:v"]} if "tag:v" in self.spec.options else {}
+            return NVENC[self.codec][0], {**tag, **nvenc_options(self.crf)}
         opts = dict(self.spec.options)
         if self.codec in ("h264", "h265"):
             opts.update(crf=self.crf, preset=self.preset)
@@ -202,4 +213,7 @@ class Delivery:
         return _SCALE_MATRIX[self.tags(info).matrix]
 
     def to_dict(self) -> dict:
-        return {"codec": self.codec, "bit_depth": self.depth, "color": self.color}
+        d = {"codec": self.codec, "bit_depth": self.depth, "color": self.color}
+        if self.encoder != "software":  # software is left out, so older work keys stay valid
+            d["encoder"] = self.encoder
+        return d

@@ -146,7 +146,7 @@ class SegmentWriter:
         self.size = (int(size[0]), int(size[1]))
         delivery = delivery or Delivery(crf=crf, preset=preset)
         pix_fmt = delivery.segment_pix_fmt
-        if pix_fmt.startswith(("yuv420", "yuv422")) and (self.size[0] % 2 or self.size[1] % 2):
+        if pix_fmt.startswith(("yuv420", "yuv422", "p010")) and (self.size[0] % 2 or self.size[1] % 2):
             raise ValueError(f"{self.path}: {pix_fmt} needs even dimensions, got {self.size}")
         self.frames = 0
         # Deeper than 8 bits: frames go in as 16-bit RGB, so the output's extra bits are not made up

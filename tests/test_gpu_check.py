@@ -58,9 +58,13 @@ def test_quick_run_on_the_cpu_measures_every_phase(tmp_path, media_clip):
     assert r["training"]["seconds_per_step"] > 0
     render = r["render"]["128"]
     assert render["frames"] == 60 and render["fps"] > 0 and "stylize" in render["stages"]
+    assert render["encoder"] == "libx264"  # a CPU render: software
+    enc = r["encode"]
+    assert enc["software"]["fps"] > 0 and enc["software"]["psnr_db"] > 20 and enc["frames"] == 24  # a noisy synthetic clip; 46.5 dB on the cockatoo
+    assert "fps" in enc["nvenc"] or "does not run here" in enc["nvenc"]["skipped"]
     table = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "gpu_check.py"), "table",
                             str(out / "gpu_check.json")], capture_output=True, text=True, check=True).stdout
-    assert "| full | 64x112 |" in table and "render at width 128" in table
+    assert "| full | 64x112 |" in table and "render at width 128" in table and "encode software" in table
 
 
 @pytest.mark.slow
@@ -97,5 +101,5 @@ runpy.run_path({str(ROOT / 'benchmarks' / 'gpu_check.py')!r}, run_name='__main__
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     r = json.loads((out / "gpu_check.json").read_text())
     assert r["training"]["seconds_per_step"] > 0 and any(k.startswith("full/") for k in r["nets"])
-    assert "av is not importable" in r["render"]["skipped"]
+    assert "av is not importable" in r["render"]["skipped"] and "av is not importable" in r["encode"]["skipped"]
     assert set(r["wheels"]) >= {w.name for w in (pack / "wheels").glob("*.whl")}

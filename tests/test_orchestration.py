@@ -123,6 +123,7 @@ def test_render_flow_matches_the_local_engine(tmp_path, clip, styles, reference)
     plan_ids = [c for c in report["chunk_nodes"]]
     assert report["engine"] == "prefect+ray" and report["chunks"] == 6 and len(plan_ids) == 6
     assert report["workers"]["count"] == 2 and report["workers"]["device"] == "cpu"
+    assert report["encoder"] == "libx264"  # auto on a CPU render: software, NVENC or not
     assert report["flow"]["pairs"] == PAIRS and report["flow"]["computed"] == PAIRS
     assert set(report["flow_nodes"]) == set(plan_ids)
     assert report["chunks_resumed"] == 0
