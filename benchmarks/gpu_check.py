@@ -25,6 +25,7 @@ It prints what would travel.
 3. the end-to-end render of the clip (``engine.local.render``, per-frame, the shipped style) at
    1280x720 and 1920x1080, with its stage timings, where PyAV and an ffmpeg binary are present;
    otherwise the reason it was skipped; the report names the segment encoder (NVENC where it runs);
+   then flow-blend at 1280x720 (DIS flow on the node's CPUs, the blend on the GPU: ``methods.on_device``);
 4. the encoders: x264 and NVENC on the same 240 frames at 1920x1080 (fps, bytes, PSNR).
 Results: ``OUT/gpu_check.json`` and a log.
 """
@@ -245,22 +246,22 @@ def render_ready() -> str | None:
     return None
 
 
-def check_render(device: str, clip: Path, work: Path, widths: tuple, logfile: Path) -> dict:
+def check_render(device: str, clip: Path, work: Path, widths: tuple, logfile: Path, method: str = "per-frame") -> dict:
     from engine.config import RenderConfig
     from engine.local import render
 
     out = {}
     work.mkdir(parents=True, exist_ok=True)
     for width in widths:
-        target = work / f"render_{width}.mp4"
+        target = work / f"render_{method}_{width}.mp4"
         cfg = RenderConfig(input=str(clip), output=str(target), style="starry_night", width=width, device=device,
-                           cache_dir=str(work / "cache"), upscaler="lanczos")
+                           cache_dir=str(work / "cache"), upscaler="lanczos", method=method)
         report = render(cfg, progress=False, log=lambda m: None)
         fps = report.frames / report.wall_seconds
         out[str(width)] = {"frames": report.frames, "wall_s": report.wall_seconds, "fps": fps,
                            "precision": report.precision, "encoder": report.encoder, "stages": report.stage_seconds,
                            "bytes": target.stat().st_size}
-        log(f"render at width {width}: {report.frames} frames in {report.wall_seconds:.1f} s ({fps:.1f} fps); "
+        log(f"render {method} at width {width}: {report.frames} frames in {report.wall_seconds:.1f} s ({fps:.1f} fps); "
             f"stages {json.dumps({k: round(v, 2) for k, v in report.stage_seconds.items()})}", logfile)
     return out
 
@@ -336,6 +337,10 @@ def run(args) -> int:
         ("render", lambda: ({"skipped": why} if (why := render_ready()) else
                             check_render(device, pack_dir / CLIP, work / "render", (128,) if quick else (1280, 1920),
                                          logfile))),
+        # flow-blend: the flow (DIS on the node's CPUs; no torchvision there for RAFT) and the blend on the GPU
+        ("render_flow_blend", lambda: ({"skipped": why} if (why := render_ready()) else
+                                       check_render(device, pack_dir / CLIP, work / "render",
+                                                    (128,) if quick else (1280,), logfile, "flow-blend"))),
         ("encode", lambda: ({"skipped": why} if (why := render_ready()) else
                             check_encoders(pack_dir / CLIP, work / "encode", 24 if quick else 240,
                                            (128, 72) if quick else (1920, 1080), logfile))),
@@ -377,13 +382,14 @@ def table(path: Path) -> None:
     t = r.get("training", {})
     if "seconds_per_step" in t:
         print(f"training: {t['seconds_per_step'] * 1e3:.1f} ms per step (batch {t['batch']}, {t['image_size']} px)")
-    for width, row in r.get("render", {}).items():
-        if isinstance(row, dict):
-            stages = ", ".join(f"{k} {v:.2f} s" for k, v in row["stages"].items())
-            print(f"render at width {width}: {row['fps']:.1f} fps ({row['frames']} frames, {row['wall_s']:.1f} s, "
-                  f"{row.get('encoder', '?')}; {stages})")
-        else:
-            print(f"render: {width}: {row}")
+    for phase, method in (("render", "per-frame"), ("render_flow_blend", "flow-blend")):
+        for width, row in r.get(phase, {}).items():
+            if isinstance(row, dict):
+                stages = ", ".join(f"{k} {v:.2f} s" for k, v in row["stages"].items())
+                print(f"render {method} at width {width}: {row['fps']:.1f} fps ({row['frames']} frames, "
+                      f"{row['wall_s']:.1f} s, {row.get('encoder', '?')}; {stages})")
+            else:
+                print(f"render {method}: {width}: {row}")
     enc = r.get("encode", {})
     for name in ("software", "nvenc"):
         row = enc.get(name)

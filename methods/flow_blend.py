@@ -118,9 +118,18 @@ class FlowBlend(NetMethod):
                        flow) -> tuple[np.ndarray, CarryState]:
         """The blend of ``stylize`` over the net's outputs ``fresh`` for ``frames`` (the distillation's
         teacher runs the net once for both of its teachers)."""
-        out = np.empty_like(fresh)
         prev = state.last_output if state is not None else None
         prev_src = state.last_source if state is not None else None
+        if self.on_device:
+            from .on_device import blend_sequence
+
+            out = blend_sequence(self, fresh, frames, first_index, prev, prev_src, flow)
+        else:
+            out = self._blend_on_host(fresh, frames, first_index, prev, prev_src, flow)
+        return out, CarryState(first_index + len(frames), out[-1].copy(), frames[-1].copy())
+
+    def _blend_on_host(self, fresh, frames, first_index, prev, prev_src, flow) -> np.ndarray:
+        out = np.empty_like(fresh)
         for i in range(len(frames)):
             if prev is None:  # first frame of a shot
                 out[i] = fresh[i]
@@ -132,7 +141,7 @@ class FlowBlend(NetMethod):
                     confidence = pair.mask
                 out[i] = self._blend(fresh[i], warp(prev, pair.backward, "cubic"), confidence)
             prev, prev_src = out[i], frames[i]  # uint8, exactly as written: chunked renders equal unchunked
-        return out, CarryState(first_index + len(frames), out[-1].copy(), frames[-1].copy())
+        return out
 
     def _blend(self, fresh: np.ndarray, warped: np.ndarray, confidence: np.ndarray) -> np.ndarray:
         if self.strength == 0.0:

@@ -22,8 +22,10 @@ from pipeline.carry import CarryState
 from pipeline.errors import InputError
 from pipeline.depth import full_scale
 from pipeline.flow import warp
+from pipeline.flow.warp import warp_torch
 
 from .base import RunSettings, register
+from .on_device import flow_to_device
 from .net import NetMethod, to_uint8, to_uint16
 
 
@@ -62,10 +64,15 @@ class FlowRecurrent(NetMethod):
             warped, mask = torch.zeros_like(x), torch.zeros_like(x[:, :1])
         else:
             _, backward, reliable = pair
-            warped = _to_tensor(warp(prev_out.astype(np.float32), backward), top)
+            if self.on_device:  # the warp beside the net (a GPU), not on the host between its calls
+                warped = warp_torch(_to_tensor(prev_out, top).to(self.run.device),
+                                    flow_to_device(backward, self.run.device))
+            else:
+                warped = _to_tensor(warp(prev_out.astype(np.float32), backward), top)
             mask = _to_tensor(reliable, 1.0)
         run = self.run
-        x = recurrent_input(x, warped, mask).to(run.device).contiguous(memory_format=torch.channels_last)
+        x, warped, mask = (t.to(run.device, non_blocking=True) for t in (x, warped, mask))
+        x = recurrent_input(x, warped, mask).contiguous(memory_format=torch.channels_last)
         y = run.apply(x)
         # Same rounding as NetRunner: this uint8 frame is both the output and the next frame's input.
         y = to_uint16(y) if frame.dtype == np.uint16 else to_uint8(y)

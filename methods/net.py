@@ -158,9 +158,19 @@ class NetMethod(Method):
     Subclasses add what their options change to ``option_params``.
     """
 
+    #: Where a flow method's steps between the net's calls (the warp, flow-blend's blend) run: None,
+    #: on the net's device unless that is the CPU (torch on a GPU, ``on_device``; NumPy/OpenCV on
+    #: a CPU, where they are faster); True or False forces it (the tests run the torch path on a CPU).
+    flow_steps_on_device: bool | None = None
+
     def __init__(self, style_path: str | Path, run: RunSettings = RunSettings()):
         self.run = NetRunner(style_path, run)
         self.model_hash = self.run.model_hash
+
+    @property
+    def on_device(self) -> bool:
+        """Whether the flow steps run in torch on the net's device (``flow_steps_on_device``)."""
+        return self.flow_steps_on_device if self.flow_steps_on_device is not None else self.run.device != "cpu"
 
     @property
     def card(self) -> dict:

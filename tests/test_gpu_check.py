@@ -59,12 +59,15 @@ def test_quick_run_on_the_cpu_measures_every_phase(tmp_path, media_clip):
     render = r["render"]["128"]
     assert render["frames"] == 60 and render["fps"] > 0 and "stylize" in render["stages"]
     assert render["encoder"] == "libx264"  # a CPU render: software
+    blend = r["render_flow_blend"]["128"]
+    assert blend["frames"] == 60 and "flow" in blend["stages"]
     enc = r["encode"]
     assert enc["software"]["fps"] > 0 and enc["software"]["psnr_db"] > 20 and enc["frames"] == 24  # a noisy synthetic clip; 46.5 dB on the cockatoo
     assert "fps" in enc["nvenc"] or "does not run here" in enc["nvenc"]["skipped"]
     table = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "gpu_check.py"), "table",
                             str(out / "gpu_check.json")], capture_output=True, text=True, check=True).stdout
-    assert "| full | 64x112 |" in table and "render at width 128" in table and "encode software" in table
+    assert "| full | 64x112 |" in table and "render per-frame at width 128" in table
+    assert "render flow-blend at width 128" in table and "encode software" in table
 
 
 @pytest.mark.slow

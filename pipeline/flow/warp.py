@@ -58,13 +58,14 @@ def warp(image: np.ndarray, flow: np.ndarray, interpolation: str = "linear") -> 
     return remap(image)
 
 
-def warp_torch(x: "torch.Tensor", flow: "torch.Tensor") -> "torch.Tensor":
+def warp_torch(x: "torch.Tensor", flow: "torch.Tensor", interpolation: str = "linear") -> "torch.Tensor":
     """``warp`` for tensors: x (N, C, H, W) sampled at pixel + flow, flow (N, 2, H, W) in pixels.
 
     Differentiable in both arguments (for temporal losses). With
     align_corners=True, normalised -1 and +1 are the centres of the first and
     last pixels, which is exactly cv2.remap's pixel-centre convention;
-    padding "border" equals BORDER_REPLICATE for bilinear sampling.
+    padding "border" equals BORDER_REPLICATE (for "cubic" too: the 4x4 taps
+    are clamped to the frame, and both use Keys' kernel with a = -0.75).
     """
     import torch
     import torch.nn.functional as F
@@ -80,7 +81,10 @@ def warp_torch(x: "torch.Tensor", flow: "torch.Tensor") -> "torch.Tensor":
     gx = (xs + flow[:, 0]) * (2.0 / max(w - 1, 1)) - 1.0
     gy = (ys + flow[:, 1]) * (2.0 / max(h - 1, 1)) - 1.0
     grid = torch.stack((gx, gy), dim=-1)
-    out = F.grid_sample(x.to(dtype), grid, mode="bilinear", padding_mode="border", align_corners=True)
+    if interpolation not in _INTERPOLATION:
+        raise ValueError(f"interpolation must be one of {sorted(_INTERPOLATION)}, got {interpolation!r}")
+    mode = "bicubic" if interpolation == "cubic" else "bilinear"
+    out = F.grid_sample(x.to(dtype), grid, mode=mode, padding_mode="border", align_corners=True)
     return out.to(x.dtype)
 
 
