@@ -53,8 +53,9 @@ def nvenc_status(codec: str, ffmpeg: str | None = None) -> tuple[bool, str]:
         listed = subprocess.run([exe, "-hide_banner", "-encoders"], capture_output=True, text=True, timeout=30).stdout
         if encoder not in listed:
             return False, f"{exe} has no {encoder}"
+        opts = [a for k, v in nvenc_options(18).items() for a in (f"-{k}", str(v))]  # the options a render uses
         trial = subprocess.run([exe, "-hide_banner", "-v", "error", "-f", "lavfi", "-i", "color=c=gray:s=256x144:r=25",
-                                "-frames:v", "2", "-c:v", encoder, "-f", "null", "-"],
+                                "-frames:v", "2", "-c:v", encoder, *opts, "-f", "null", "-"],
                                capture_output=True, text=True, timeout=60)
     except (OSError, subprocess.TimeoutExpired) as e:
         return False, f"{exe}: {e}"
