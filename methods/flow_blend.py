@@ -123,7 +123,8 @@ class FlowBlend(NetMethod):
         if self.on_device:
             from .on_device import blend_sequence
 
-            out = blend_sequence(self, fresh, frames, first_index, prev, prev_src, flow)
+            out = blend_sequence(self, fresh, frames, first_index, prev, prev_src, flow,
+                                 falloff=PHOTOMETRIC_FALLOFF, sigma=DETAIL_SIGMA, max_gain=MAX_DETAIL_GAIN)
         else:
             out = self._blend_on_host(fresh, frames, first_index, prev, prev_src, flow)
         return out, CarryState(first_index + len(frames), out[-1].copy(), frames[-1].copy())

@@ -90,10 +90,9 @@ def keep_detail(blended: torch.Tensor, fresh: torch.Tensor, weight: torch.Tensor
 
 @torch.inference_mode()
 def blend_sequence(method, fresh: np.ndarray, frames: np.ndarray, first_index: int, prev: np.ndarray | None,
-                   prev_src: np.ndarray | None, flow) -> np.ndarray:
-    """``FlowBlend.blend_sequence``'s loop on ``method.run.device``; returns the outputs on the host."""
-    from .flow_blend import DETAIL_SIGMA, MAX_DETAIL_GAIN, PHOTOMETRIC_FALLOFF
-
+                   prev_src: np.ndarray | None, flow, *, falloff: float, sigma: float, max_gain: float) -> np.ndarray:
+    """``FlowBlend.blend_sequence``'s loop on ``method.run.device`` with flow_blend's constants (the
+    photometric falloff, the detail sigma and gain cap); returns the outputs on the host."""
     device, top = method.run.device, float(full_scale(fresh))
     fresh_t, src_t = to_device(fresh, device), to_device(frames, device)
     prev_t = to_device(prev, device) if prev is not None else None
@@ -107,13 +106,13 @@ def blend_sequence(method, fresh: np.ndarray, frames: np.ndarray, first_index: i
             pair = flow.pair(first_index + i)
             backward = flow_to_device(pair.backward, device)
             if method.blend_mask == "photometric":
-                confidence = photometric_confidence(cur, prev_src_t, backward, PHOTOMETRIC_FALLOFF, top)
+                confidence = photometric_confidence(cur, prev_src_t, backward, falloff, top)
             else:
                 confidence = to_device(pair.mask.astype(np.float32)[..., None], device)
             a = method.strength * confidence
             blended = a * warp_levels(prev_t, backward, "cubic", top) + (1.0 - a) * new
             if method.keep_detail:
-                blended = keep_detail(blended, new, a, method.strength, DETAIL_SIGMA, MAX_DETAIL_GAIN)
+                blended = keep_detail(blended, new, a, method.strength, sigma, max_gain)
             blended = torch.floor(blended + 0.5).clamp_(0, top)
             if method.refine:  # the net again, on the host's integer frame (as the host path does)
                 host = blended[0].permute(1, 2, 0).cpu().numpy().astype(fresh.dtype)
