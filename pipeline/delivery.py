@@ -26,7 +26,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from .errors import InputError
-from .hw_encode import NVENC, NVENC_PIX_FMT, nvenc_options
+from .hw_encode import NVENC, NVENC_PIX_FMT, nvenc_fits, nvenc_options
 
 SEQUENCE_MANIFEST = "filmstyle-sequence.json"  # in an image-sequence folder; marks it as filmstyle's
 CODEC_NAMES = ("h264", "h265", "prores", "ffv1", "png", "tiff", "exr")
@@ -117,7 +117,7 @@ class Delivery:
                              f"{' or '.join(str(d) for d in self.spec.pix_fmts)}, not {self.bit_depth}")
         if self.encoder not in ("software", "nvenc"):
             raise InputError(f"unknown segment encoder {self.encoder!r} (software or nvenc)")
-        if self.encoder == "nvenc" and self.depth not in NVENC.get(self.codec, ("", ()))[1]:
+        if self.encoder == "nvenc" and not nvenc_fits(self.codec, self.depth):
             raise InputError(f"NVENC encodes h264 (8-bit) and h265 (8- or 10-bit), not {self.codec} at {self.depth} bits")
 
     @property

@@ -29,6 +29,11 @@ NVENC = {"h264": ("h264_nvenc", (8,)), "h265": ("hevc_nvenc", (8, 10))}
 NVENC_PIX_FMT = {8: "yuv420p", 10: "p010le"}
 
 
+def nvenc_fits(codec: str, depth: int) -> bool:
+    """Whether NVENC encodes ``codec`` at ``depth`` bits (``NVENC``)."""
+    return codec in NVENC and depth in NVENC[codec][1]
+
+
 def nvenc_options(crf: int) -> dict:
     """NVENC's constant-quality mode at the software encoder's CRF number.
 
@@ -77,7 +82,7 @@ def resolve_encoder(spec: str, codec: str, depth: int, device: str) -> str:
         raise InputError(f"unknown encoder {spec!r}; choose from {', '.join(ENCODERS)}")
     if spec == "software":
         return "software"
-    fits = codec in NVENC and depth in NVENC[codec][1]
+    fits = nvenc_fits(codec, depth)
     if spec == "auto":
         # Off CUDA the workers may be CPU nodes without an encoder block: software, the same everywhere.
         return "nvenc" if device.startswith("cuda") and fits and nvenc_status(codec)[0] else "software"
